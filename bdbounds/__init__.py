@@ -1,0 +1,1 @@
+"""bdbounds: minimax training of energy-based models with bidirectional bounds."""
