@@ -12,11 +12,20 @@ import jax.numpy as jnp
 
 from bdbounds.bounds import linalg
 
-_SOLVERS = {"lanczos": linalg.lanczos_smallest, "lobpcg": linalg.lobpcg_smallest}
-
-
 def _flat(fn: Callable) -> Callable:
   return lambda z: jnp.ravel(fn(z))
+
+
+def _dense_smallest(fn: Callable, z: jax.Array, *, k: int, **_) -> linalg.EigResult:
+  """Exact eigenpairs from the dense `JᵀJ` (one jacfwd): the right choice for tiny d."""
+  jac = jax.jacfwd(_flat(fn))(z)
+  gram = jac.T @ jac
+  vals, vecs = jnp.linalg.eigh(gram)
+  vals, vecs = vals[:k], vecs[:, :k]
+  return linalg.EigResult(vals, vecs, linalg.ritz_residuals(lambda v: gram @ v, vals, vecs))
+
+
+_SOLVERS = {"lanczos": linalg.lanczos_smallest, "lobpcg": linalg.lobpcg_smallest}
 
 
 def jtj_matvec(fn: Callable, z: jax.Array) -> Callable[[jax.Array], jax.Array]:
@@ -33,16 +42,20 @@ def jtj_eigs(fn: Callable, z: jax.Array, *, key, num_iters: int, k: int = 1,
   Returns `(eigvals [k] ascending, eigvecs [d, k], residuals [k])`. The eigenvalues are
   squared singular values of J. Ritz values satisfy `eigvals[i] ≥ λ_i(JᵀJ)`, with equality
   once converged (Lanczos with `num_iters ≥ d` reproduces a dense SVD). `method` is
-  "lanczos" (full reorthogonalisation, the default) or "lobpcg" (block Rayleigh–Ritz).
+  "lanczos" (full reorthogonalisation, the default), "lobpcg" (block Rayleigh–Ritz) or
+  "dense" (exact `eigh` of the dense `JᵀJ`, ignores `num_iters`; for small d).
   Nothing is differentiated through the iteration: the outputs carry no gradient.
   """
-  if method not in _SOLVERS:
-    raise ValueError(f"unknown eigensolver method {method!r}; choose one of {sorted(_SOLVERS)}")
+  if method not in (*_SOLVERS, "dense"):
+    raise ValueError(f"unknown eigensolver method {method!r}; choose one of {sorted(_SOLVERS)} or 'dense'")
   if z.ndim != 1:
     raise ValueError(f"z must be one latent vector of shape [d]; got shape {z.shape} (vmap over a batch)")
   z = jax.lax.stop_gradient(z)
-  result = _SOLVERS[method](jtj_matvec(fn, z), z.shape[0], key=key, num_iters=num_iters, k=k,
-                            dtype=z.dtype)
+  if method == "dense":
+    result = _dense_smallest(fn, z, k=k)
+  else:
+    result = _SOLVERS[method](jtj_matvec(fn, z), z.shape[0], key=key, num_iters=num_iters, k=k,
+                              dtype=z.dtype)
   return jax.tree_util.tree_map(jax.lax.stop_gradient, result)
 
 

@@ -20,7 +20,7 @@ class EigResult(NamedTuple):
   residuals: jax.Array  # [k], ‖A v − θ v‖ / θ
 
 
-def _ritz_residuals(matvec: Matvec, eigvals, eigvecs):
+def ritz_residuals(matvec: Matvec, eigvals, eigvecs):
   """Relative residuals by explicit matvecs (honest, k extra operator applications)."""
   applied = jax.vmap(matvec, in_axes=1, out_axes=1)(eigvecs)
   resid = jnp.linalg.norm(applied - eigvecs * eigvals, axis=0)
@@ -72,7 +72,7 @@ def lanczos_smallest(matvec: Matvec, dim: int, *, key, num_iters: int, k: int = 
   theta, y = jnp.linalg.eigh(tridiag)
   eigvals, eigvecs = theta[:k], basis.T @ y[:, :k]
   eigvecs = eigvecs / jnp.linalg.norm(eigvecs, axis=0)
-  return EigResult(eigvals, eigvecs, _ritz_residuals(matvec, eigvals, eigvecs))
+  return EigResult(eigvals, eigvecs, ritz_residuals(matvec, eigvals, eigvecs))
 
 
 def _rayleigh_ritz(basis, applied, k):
@@ -134,4 +134,4 @@ def lobpcg_smallest(matvec: Matvec, dim: int, *, key, num_iters: int, k: int = 1
         1, num_iters, lambda _, c: step(*c), (x, ax, theta, p, ap))
   order = jnp.argsort(theta)
   eigvals, eigvecs = theta[order], x[:, order]
-  return EigResult(eigvals, eigvecs, _ritz_residuals(matvec, eigvals, eigvecs))
+  return EigResult(eigvals, eigvecs, ritz_residuals(matvec, eigvals, eigvecs))

@@ -8,7 +8,7 @@ import pytest
 from bdbounds import bounds
 from tests.bounds import generators
 
-METHODS = ["lanczos", "lobpcg"]
+METHODS = ["lanczos", "lobpcg", "dense"]
 
 
 def dense_singular_values(fn, z):

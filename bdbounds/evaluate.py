@@ -1,0 +1,152 @@
+"""Evaluation of a 2-D EBM: exact NLL and KL by quadrature, the bound sandwich, plots.
+
+Also the loaders that notebooks and external checks use: `load_energy` and `load_generator`.
+"""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bdbounds import checkpointing, metrics, objectives, plotting, writers
+
+MAX_KL_RESOLUTION = 2048
+
+
+def _energy_batch_fn(exp, params):
+  return jax.jit(jax.vmap(lambda x: exp.nets.energy(params, x)))
+
+
+def _sample_generator(exp, params, key, n):
+  z_key, eps_key = jax.random.split(key)
+  z = jax.random.normal(z_key, (n, exp.latent_dim))
+  return objectives.sample_fake(exp.settings, exp.nets, params, z, eps_key), z
+
+
+def evaluate_state(config, exp, state, workdir, *, key, writer=None) -> dict:
+  """Measure one state; write `eval/<step>.json`, `plots/<step>.png` and eval scalars."""
+  step = int(state.step)
+  energy_params, gen_params = state.energy.params, state.generator.params
+  energy_fn = _energy_batch_fn(exp, energy_params)
+  test_key, gen_key, bound_key = jax.random.split(jax.random.fold_in(key, step), 3)
+  test = np.asarray(exp.dataset.sample(test_key, config.data.num_test))
+  fake, z = _sample_generator(exp, gen_params, gen_key, config.eval.num_samples)
+
+  # log Z on a grid that adapts to the model's mass, starting from the data's box.
+  grid = metrics.adaptive_log_partition(energy_fn, test, tol=config.eval.quadrature_tol)
+  report = {
+      "step": step,
+      "log_z": grid.log_z,
+      "quadrature_error": grid.error_estimate,
+      "quadrature_converged": bool(grid.converged),
+      "quadrature_resolution": grid.resolution,
+      "nll": metrics.nll(energy_fn, test, grid.log_z),
+      "energy_data": float(jnp.mean(energy_fn(test))),
+      "energy_fake": float(jnp.mean(energy_fn(fake))),
+  }
+  # The NLL lower bound E_data[E] − E_q[E] + H_lb(q), with fresh latents.
+  critic_params = state.critic.params if state.critic is not None else None
+  entropy, _ = jax.jit(lambda g, c, z, k: objectives.entropy_lower_bound(exp.settings, exp.nets, g, c, z, k))(
+      gen_params, critic_params, z, bound_key)
+  report["entropy_lower_bound"] = float(entropy)
+  report["nll_lower_bound"] = report["energy_data"] - report["energy_fake"] + report["entropy_lower_bound"]
+  report["sandwich_gap"] = report["nll"] - report["nll_lower_bound"]
+  penalty = jax.jit(lambda e, g, x, f, z, k: objectives.upper_penalty(exp.settings, exp.nets, e, g, x, f, z, k))(
+      energy_params, gen_params, jnp.asarray(test[: len(fake)]), fake, z, bound_key)
+  report["upper_penalty"] = float(penalty)
+
+  data_log_prob = exp.dataset.log_prob
+  panels = []
+  box_lo, box_hi = np.asarray(grid.lo), np.asarray(grid.hi)
+  if data_log_prob is not None:
+    # KL(p_data ‖ p_θ) only integrates where the data has mass: use the data density's own
+    # adaptive grid, refined to the model grid's spacing where that is finer.
+    data_grid = metrics.adaptive_log_partition(lambda x: -data_log_prob(x), test, tol=config.eval.quadrature_tol)
+    data_width = np.max(np.subtract(data_grid.hi, data_grid.lo))
+    model_spacing = np.max(np.subtract(grid.hi, grid.lo)) / grid.resolution
+    kl_resolution = min(MAX_KL_RESOLUTION, max(data_grid.resolution,
+                                               int(2 ** math.ceil(math.log2(data_width / model_spacing)))))
+    report["kl_data_model"] = metrics.kl_data_model(data_log_prob, energy_fn, grid.log_z, data_grid.lo,
+                                                    data_grid.hi, kl_resolution)
+    box_lo, box_hi = np.asarray(data_grid.lo), np.asarray(data_grid.hi)
+    report["test_entropy"] = float(-jnp.mean(data_log_prob(jnp.asarray(test))))
+    xs, ys, data_logp = metrics.density_on_grid(lambda x: -data_log_prob(x), 0.0, box_lo, box_hi, 512)
+    panels.append(("data density", data_logp))
+  xs, ys, model_logp = metrics.density_on_grid(energy_fn, grid.log_z, box_lo, box_hi, 512)
+  panels.append(("EBM density (T = 1)", model_logp))
+  points = [("data samples", test[: len(fake)])] if data_log_prob is None else []
+  points.append(("generator samples", np.asarray(fake)))
+
+  if jax.process_index() == 0:
+    writers.write_json(os.path.join(workdir, "eval", f"{step}.json"), report)
+    image = plotting.plot_density_panels(
+        os.path.join(workdir, "plots", f"{step}.png"), xs=xs, ys=ys, panels=panels, points=points,
+        title=f"{config.data.name} · {config.bounds.lower} + {config.bounds.upper} · step {step}")
+    if writer is not None:
+      writer.write_scalars(step, {f"eval/{k}": v for k, v in report.items()
+                                  if isinstance(v, (int, float)) and k != "step"})
+      writer.write_images(step, {"eval/density": image})
+  return report
+
+
+def format_report(report: dict, workdir: str) -> str:
+  """The short end-of-run summary printed to the terminal."""
+  r = report
+  lines = [f"step {r['step']}: evaluation of {workdir}",
+           f"  test NLL (exact)      {r['nll']:.4f} nats   log Z = {r['log_z']:.4f} "
+           f"(quadrature error {r['quadrature_error']:.1e}, {r['quadrature_resolution']}² grid)"]
+  if not r["quadrature_converged"]:
+    lines.append("  WARNING: the quadrature did not converge; log Z and the NLL above are not reliable")
+  if "kl_data_model" in r:
+    lines.append(f"  KL(p_data ‖ p_θ)      {r['kl_data_model']:.4f} nats   (data entropy {r['test_entropy']:.4f})")
+  lines += [f"  sandwich              NLL lower bound {r['nll_lower_bound']:.4f} ≤ exact NLL {r['nll']:.4f}"
+            f"   (gap {r['sandwich_gap']:.4f})",
+            f"    E_data[E] {r['energy_data']:.4f}   E_q[E] {r['energy_fake']:.4f}   "
+            f"H_lb(q) {r['entropy_lower_bound']:.4f}   upper-bound penalty {r['upper_penalty']:.4g}",
+            f"  plots in {os.path.join(workdir, 'plots')}, numbers in {os.path.join(workdir, 'eval')}"]
+  return "\n".join(lines)
+
+
+def _restore(workdir: str, step: int | None):
+  from bdbounds import train  # train imports this module
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  exp = train.build_experiment(config)
+  template = jax.eval_shape(exp.init_state, jax.random.PRNGKey(0))
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  state, _ = ckpt.restore(template, step=step)
+  ckpt.close()
+  return config, exp, state
+
+
+def load_energy(workdir: str, step: int | None = None):
+  """`x [N, D] -> energies [N]` of the EBM saved in `workdir` (latest step by default)."""
+  _, exp, state = _restore(workdir, step)
+  return _energy_batch_fn(exp, state.energy.params)
+
+
+def load_generator(workdir: str, step: int | None = None):
+  """`(key, n) -> samples [n, D]` from the generator saved in `workdir`."""
+  _, exp, state = _restore(workdir, step)
+  sample = jax.jit(lambda key, n: _sample_generator(exp, state.generator.params, key, n)[0], static_argnums=1)
+  return sample
+
+
+def evaluate(config, workdir: str, step: int | None = None) -> dict:
+  """`--mode=eval`: evaluate a saved step (latest by default) without touching training state."""
+  from bdbounds import train
+  exp = train.build_experiment(config)
+  template = jax.eval_shape(exp.init_state, jax.random.PRNGKey(0))
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first with --mode=train")
+  state, _ = ckpt.restore(template, step=step)
+  ckpt.close()
+  eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)[3]
+  report = evaluate_state(config, exp, state, workdir, key=eval_key)
+  print(format_report(report, workdir))
+  return report

@@ -1,0 +1,31 @@
+"""Command line: `python -m bdbounds.main --config=configs/toy.py --workdir=runs/toy`.
+
+Overrides: `--config.bounds.upper=score_matching`; presets: `--config=configs/toy.py:rings,smoke`.
+"""
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from bdbounds import evaluate, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/toy.py", "Configuration file[:presets].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/toy", "Run directory: checkpoints, metrics, plots.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resuming) or evaluate a saved step.")
+_STEP = flags.DEFINE_integer("step", None, "With --mode=eval: the checkpoint step (default: latest).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.getLogger().setLevel(logging.INFO)
+  if _MODE.value == "train":
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  else:
+    evaluate.evaluate(_CONFIG.value, _WORKDIR.value, step=_STEP.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,94 @@
+"""Small MLPs for 2-D data: energy, generator (optionally noisy), critic, time-conditioned energy."""
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+  """`x [..., D_in] -> [..., out]` with `act` between Dense layers; `out = 1` is squeezed."""
+  hidden: Sequence[int] = (100, 100)
+  out: int = 1
+  act: str = "silu"
+
+  @nn.compact
+  def __call__(self, x):
+    act = getattr(nn, self.act)
+    for width in self.hidden:
+      x = act(nn.Dense(width)(x))
+    x = nn.Dense(self.out)(x)
+    return x[..., 0] if self.out == 1 else x
+
+
+class Energy(nn.Module):
+  """`E(x) = MLP(x) + ‖x‖² / (2 s²)`: the Gaussian base term (s = `base_std`) keeps
+  `exp(−E)` normalisable whatever the MLP learns, since the MLP grows at most linearly."""
+  hidden: Sequence[int] = (100, 100)
+  act: str = "silu"
+  base_std: float = 5.0
+
+  @nn.compact
+  def __call__(self, x):
+    return MLP(self.hidden, 1, self.act)(x) + _confinement(x, self.base_std)
+
+
+def _confinement(x, base_std):
+  return 0.5 * jnp.sum(jnp.square(x), axis=-1) / base_std**2
+
+
+class Generator(nn.Module):
+  """`z -> x = G(z)`, and a learnable noise scale for the noisy generator.
+
+  `sigma()` lies in `[sigma_min, sigma_max]` by a sigmoid, so the clamp is smooth and the
+  conditional entropy `(D/2) log(2πe σ²)` stays finite. The noise itself is added by the
+  caller, so the same module serves the manifold (σ = 0) and the noisy generator.
+  """
+  hidden: Sequence[int] = (100, 100)
+  out: int = 2
+  act: str = "silu"
+  sigma_min: float = 0.01
+  sigma_max: float = 0.5
+  sigma_init: float = 0.1
+
+  def setup(self):
+    self.net = MLP(self.hidden, self.out, self.act)
+    frac = (self.sigma_init - self.sigma_min) / (self.sigma_max - self.sigma_min)
+    if not 0.0 < frac < 1.0:
+      raise ValueError(f"sigma_init={self.sigma_init} must lie strictly inside "
+                       f"(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})")
+    logit = math.log(frac) - math.log1p(-frac)
+    self.sigma_logit = self.param("sigma_logit", lambda _: jnp.asarray(logit, jnp.float32))
+
+  def __call__(self, z):
+    return self.net(z)
+
+  def sigma(self):
+    return self.sigma_min + (self.sigma_max - self.sigma_min) * jax.nn.sigmoid(self.sigma_logit)
+
+
+class Critic(nn.Module):
+  """`T(x, z)`: a scalar MI critic on the concatenated pair."""
+  hidden: Sequence[int] = (100, 100)
+  act: str = "silu"
+
+  @nn.compact
+  def __call__(self, x, z):
+    return MLP(self.hidden, 1, self.act)(jnp.concatenate([x, z], axis=-1))
+
+
+class TimeEnergy(nn.Module):
+  """`E(x, t)`, t ∈ [0, 1]: time enters through Fourier features; `E(·, 0)` is the EBM."""
+  hidden: Sequence[int] = (100, 100)
+  act: str = "silu"
+  num_frequencies: int = 8
+  base_std: float = 5.0
+
+  @nn.compact
+  def __call__(self, x, t):
+    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:-1])[..., None]
+    freqs = jnp.pi * 2.0 ** jnp.arange(self.num_frequencies, dtype=x.dtype)
+    features = jnp.concatenate([x, t, jnp.sin(freqs * t), jnp.cos(freqs * t)], axis=-1)
+    return MLP(self.hidden, 1, self.act)(features) + _confinement(x, self.base_std)

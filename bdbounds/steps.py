@@ -1,0 +1,115 @@
+"""The pure train step `(state, batch, key) -> (state, metrics)`.
+
+One step = `energy_steps` energy updates (one data batch each), then `generator_steps`
+generator updates, each preceded by a critic update when the MI bound is used. The key is
+folded with the step, so a resumed run draws exactly the same randomness.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bdbounds import objectives
+from bdbounds.state import Player, TrainState
+
+NETWORKS = ("energy", "generator", "critic")
+TERMS = {"energy": objectives.ENERGY_TERMS, "generator": objectives.GENERATOR_TERMS,
+         "critic": objectives.CRITIC_TERMS}
+
+
+def describe_fault(first_fault) -> str:
+  """Human-readable `(step, network, term)` of a recorded non-finite update."""
+  step, network, term = (int(v) for v in first_fault)
+  name = NETWORKS[network]
+  terms = TERMS[name]
+  term_name = terms[term] if term < len(terms) else "gradient"
+  return f"step {step}: network '{name}', term '{term_name}'"
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _guarded_update(player: Player, optimizer, loss_fn, network: str):
+  """One optimiser update, dropped (state kept) if any loss term or gradient is non-finite.
+
+  Returns the new player, the terms, and the index of the offending term (len(terms) for a
+  gradient, −1 if the update was finite).
+  """
+  (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(player.params)
+  names = TERMS[network]
+  term_ok = jnp.stack([jnp.all(jnp.isfinite(terms[n])) for n in names])
+  ok = jnp.all(term_ok) & _all_finite(grads)
+  updates, opt_state = optimizer.update(grads, player.opt_state, player.params)
+  updated = Player(optax.apply_updates(player.params, updates), opt_state)
+  player = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), updated, player)
+  bad_term = jnp.where(ok, -1, jnp.where(jnp.all(term_ok), len(names), jnp.argmin(term_ok)))
+  return player, terms, bad_term
+
+
+def make_train_step(settings: objectives.BoundSettings, nets: objectives.Networks,
+                    optimizers: dict, *, latent_dim: int, energy_steps: int, generator_steps: int,
+                    shard_batch: Callable = lambda x: x) -> Callable:
+  """Build the step. `shard_batch` constrains per-example arrays to the data axis."""
+
+  def sample_latents(key, batch_size):
+    return shard_batch(jax.random.normal(key, (batch_size, latent_dim)))
+
+  def train_step(state: TrainState, batch: jax.Array, key: jax.Array):
+    key = jax.random.fold_in(key, state.step)
+    batch_size = batch.shape[1]
+    faults = []  # (network index, bad term) per update, in order
+    metrics = {}
+
+    energy = state.energy
+    for i in range(energy_steps):
+      z_key, loss_key = jax.random.split(jax.random.fold_in(key, i), 2)
+      z = sample_latents(z_key, batch_size)
+      loss_fn = lambda p: objectives.energy_loss(settings, nets, p, state.generator.params, batch[i], z,
+                                                 state.step, loss_key)
+      energy, terms, bad = _guarded_update(energy, optimizers["energy"], loss_fn, "energy")
+      faults.append((0, bad))
+    metrics.update({f"energy/{k}": v for k, v in terms.items()})
+
+    generator, critic = state.generator, state.critic
+    for j in range(generator_steps):
+      gen_key = jax.random.fold_in(key, energy_steps + j)
+      z_key, critic_key, loss_key = jax.random.split(gen_key, 3)
+      z = sample_latents(z_key, batch_size)
+      if settings.uses_critic:
+        critic_fn = lambda p: objectives.critic_loss(settings, nets, p, generator.params, z, critic_key)
+        critic, critic_terms, bad = _guarded_update(critic, optimizers["critic"], critic_fn, "critic")
+        faults.append((2, bad))
+        metrics["critic/mi_bound"] = critic_terms["mi_bound"]
+      critic_params = critic.params if critic is not None else None
+      loss_fn = lambda p: objectives.generator_loss(settings, nets, p, energy.params, critic_params, z,
+                                                    loss_key)
+      generator, terms, bad = _guarded_update(generator, optimizers["generator"], loss_fn, "generator")
+      faults.append((1, bad))
+    metrics.update({f"generator/{k}": v for k, v in terms.items()})
+
+    # Record the first fault of the run: (step, network, term).
+    first_fault, skipped = state.first_fault, state.skipped_updates
+    for network, bad in faults:
+      is_bad = bad >= 0
+      skipped = skipped + is_bad.astype(jnp.int32)
+      record = jnp.stack([state.step, jnp.int32(network), bad.astype(jnp.int32)])
+      first_fault = jnp.where(is_bad & (first_fault[0] < 0), record, first_fault)
+
+    metrics.update({
+        "energy_gap": metrics["energy/energy_data"] - metrics["energy/energy_fake"],
+        "nll_lower_bound": metrics["energy/energy_data"] - metrics["generator/energy_fake"]
+                           + metrics["generator/entropy"],
+        "upper_weight": objectives.upper_weight(settings, state.step),
+        "skipped_updates": skipped,
+    })
+    if settings.noisy_generator:
+      metrics["sigma"] = nets.sigma(generator.params)
+    new_state = state.replace(step=state.step + 1, energy=energy, generator=generator, critic=critic,
+                              skipped_updates=skipped, first_fault=first_fault)
+    return new_state, {f"train/{k}": v for k, v in metrics.items()}
+
+  return train_step

@@ -1,0 +1,67 @@
+"""Every configuration key, with its default and a one-line meaning. Data-set files override."""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0                                   # base PRNG seed: parameters, data order, training noise
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "25gaussians"                  # a 2-D toy density (see bdbounds.data.TOY_DATASETS)
+  c.data.num_test = 20_000                     # held-out samples for the test NLL
+
+  c.model = ml_collections.ConfigDict()
+  c.model.latent_dim = 2                       # generator latent dimension d
+  c.model.energy_hidden = (100, 100)           # energy MLP hidden widths
+  c.model.energy_base_std = 5.0                # std of the Gaussian base term ‖x‖²/(2s²) that keeps exp(−E) normalisable
+  c.model.generator_hidden = (100, 100)        # generator MLP hidden widths
+  c.model.critic_hidden = (100, 100)           # MI critic MLP hidden widths
+  c.model.activation = "silu"                  # activation of every MLP (a flax.linen function name)
+  c.model.time_frequencies = 8                 # Fourier features of t in the time-conditioned energy
+  c.model.sigma_min = 0.01                     # lower clamp of the noisy generator's learnable σ
+  c.model.sigma_max = 0.5                      # upper clamp of σ
+  c.model.sigma_init = 0.1                     # initial σ
+
+  c.bounds = ml_collections.ConfigDict()
+  c.bounds.lower = "jacobian"                  # generator entropy lower bound: jacobian | jacobian_exact | mutual_info
+  c.bounds.upper = "latent_fisher"             # EBM KL upper bound: none | latent_fisher | score_matching | r1 | diffusion
+  c.bounds.entropy_weight = 1.0                # w_H on the entropy lower bound in the generator loss
+  c.bounds.upper_weight = 1e-3                 # λ = C/2 on the KL upper-bound term (constant schedule)
+  c.bounds.weight_schedule = "constant"        # constant | adaptive (λ_t = 0.7 (2307 + t)^-0.55)
+  c.bounds.hinge = ml_collections.FieldReference(None, field_type=float)  # τ in relu(λ·pen − τ); None: off
+  c.bounds.jacobian_method = "dense"           # s_min solver: dense (exact, small d) | lanczos | lobpcg
+  c.bounds.jacobian_num_iters = 10             # Krylov / LOBPCG iterations for the matrix-free solvers
+  c.bounds.jacobian_k = 1                      # number of smallest singular values in the bound
+  c.bounds.mi_estimator = "infonce"            # MI lower bound for the noisy generator: infonce | dv | nwj
+  c.bounds.num_probes = 1                      # Hutchinson / latent-Fisher probe vectors per example
+  c.bounds.diffusion_num_t = 4                 # diffusion times per example (stratified)
+  c.bounds.gamma_min = -13.3                   # γ at t = 0 (log-SNR = −γ)
+  c.bounds.gamma_max = 5.0                     # γ at t = 1
+
+  c.training = ml_collections.ConfigDict()
+  c.training.num_steps = 20_000                # train steps (one step = energy_steps + generator_steps updates)
+  c.training.batch_size = 200                  # global batch, split across all devices
+  c.training.energy_steps = 1                  # energy updates per step
+  c.training.generator_steps = 1               # generator (and critic) updates per step
+  c.training.energy_lr = 1e-3                  # Adam learning rate of the energy
+  c.training.generator_lr = 1e-3               # Adam learning rate of the generator
+  c.training.critic_lr = 1e-3                  # Adam learning rate of the MI critic
+  c.training.b1 = 0.5                          # Adam β1 of every optimiser
+  c.training.b2 = 0.999                        # Adam β2 of every optimiser
+  c.training.lr_decay = True                   # cosine decay of every learning rate to 0.05× over the run
+  c.training.on_nonfinite = "stop"             # stop (with a report) | skip (drop the update and count it)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 5_000                   # evaluation cadence (and at the last step)
+  c.eval.num_samples = 2_000                   # generator samples per plot and energy statistics
+  c.eval.quadrature_tol = 1e-3                 # target change of log Z under grid refinement (nats)
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 5_000             # checkpoint cadence (and at the last step)
+  c.checkpoint.max_to_keep = 3                 # checkpoints kept on disk
+
+  c.log = ml_collections.ConfigDict()
+  c.log.every_steps = 500                      # training-metric cadence (metrics.jsonl, TensorBoard)
+  c.log.progress_bar = True                    # tqdm progress bar on process 0
+  return c
