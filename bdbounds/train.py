@@ -49,14 +49,16 @@ def build_experiment(config) -> Experiment:
   m = config.model
   dataset = get_toy_dataset(config.data.name)
   if settings.time_conditioned_energy:
-    energy_module = TimeEnergy(m.energy_hidden, m.activation, m.time_frequencies, m.energy_base_std)
+    energy_module = TimeEnergy(m.energy_hidden, m.activation, m.time_frequencies, m.energy_base_std,
+                               m.energy_input_scale)
     energy = lambda p, x: energy_module.apply(p, x, 0.0)
     time_energy = energy_module.apply
     energy_init = lambda key, x: energy_module.init(key, x, 0.0)
   else:
-    energy_module = Energy(m.energy_hidden, m.activation, m.energy_base_std)
+    energy_module = Energy(m.energy_hidden, m.activation, m.energy_base_std, m.energy_input_scale)
     energy, time_energy, energy_init = energy_module.apply, None, energy_module.init
-  generator_module = Generator(m.generator_hidden, 2, m.activation, m.sigma_min, m.sigma_max, m.sigma_init)
+  generator_module = Generator(m.generator_hidden, 2, m.activation, m.sigma_min, m.sigma_max, m.sigma_init,
+                               m.generator_input_scale)
   critic_module = Critic(m.critic_hidden, m.activation) if settings.uses_critic else None
   nets = objectives.Networks(
       energy=energy, time_energy=time_energy, generator=generator_module.apply,

@@ -16,6 +16,8 @@ def get_config():
   c.model.energy_hidden = (100, 100)           # energy MLP hidden widths
   c.model.energy_base_std = 5.0                # std of the Gaussian base term ‖x‖²/(2s²) that keeps exp(−E) normalisable
   c.model.generator_hidden = (100, 100)        # generator MLP hidden widths
+  c.model.energy_input_scale = 1.0             # x is multiplied by this before the energy MLP (sharp data: larger)
+  c.model.generator_input_scale = 1.0          # z is multiplied by this before the generator MLP
   c.model.critic_hidden = (100, 100)           # MI critic MLP hidden widths
   c.model.activation = "silu"                  # activation of every MLP (a flax.linen function name)
   c.model.time_frequencies = 8                 # Fourier features of t in the time-conditioned energy

@@ -9,14 +9,21 @@ import jax.numpy as jnp
 
 
 class MLP(nn.Module):
-  """`x [..., D_in] -> [..., out]` with `act` between Dense layers; `out = 1` is squeezed."""
+  """`x [..., D_in] -> [..., out]` with `act` between Dense layers; `out = 1` is squeezed.
+
+  `input_scale` multiplies the input: with Adam, whose steps have a fixed size per weight,
+  it sets how fast the first layer can learn features at the data's length scale (sharp
+  modes need large first-layer weights).
+  """
   hidden: Sequence[int] = (100, 100)
   out: int = 1
   act: str = "silu"
+  input_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x):
     act = getattr(nn, self.act)
+    x = x * self.input_scale
     for width in self.hidden:
       x = act(nn.Dense(width)(x))
     x = nn.Dense(self.out)(x)
@@ -29,10 +36,11 @@ class Energy(nn.Module):
   hidden: Sequence[int] = (100, 100)
   act: str = "silu"
   base_std: float = 5.0
+  input_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x):
-    return MLP(self.hidden, 1, self.act)(x) + _confinement(x, self.base_std)
+    return MLP(self.hidden, 1, self.act, self.input_scale)(x) + _confinement(x, self.base_std)
 
 
 def _confinement(x, base_std):
@@ -52,9 +60,10 @@ class Generator(nn.Module):
   sigma_min: float = 0.01
   sigma_max: float = 0.5
   sigma_init: float = 0.1
+  input_scale: float = 1.0
 
   def setup(self):
-    self.net = MLP(self.hidden, self.out, self.act)
+    self.net = MLP(self.hidden, self.out, self.act, self.input_scale)
     frac = (self.sigma_init - self.sigma_min) / (self.sigma_max - self.sigma_min)
     if not 0.0 < frac < 1.0:
       raise ValueError(f"sigma_init={self.sigma_init} must lie strictly inside "
@@ -85,10 +94,11 @@ class TimeEnergy(nn.Module):
   act: str = "silu"
   num_frequencies: int = 8
   base_std: float = 5.0
+  input_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x, t):
     t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:-1])[..., None]
     freqs = jnp.pi * 2.0 ** jnp.arange(self.num_frequencies, dtype=x.dtype)
-    features = jnp.concatenate([x, t, jnp.sin(freqs * t), jnp.cos(freqs * t)], axis=-1)
+    features = jnp.concatenate([x * self.input_scale, t, jnp.sin(freqs * t), jnp.cos(freqs * t)], axis=-1)
     return MLP(self.hidden, 1, self.act)(features) + _confinement(x, self.base_std)
