@@ -67,7 +67,9 @@ def lanczos_smallest(matvec: Matvec, dim: int, *, key, num_iters: int, k: int = 
 
   init = (jnp.zeros((m, dim), dtype), jnp.zeros((m,), dtype), jnp.zeros((m,), dtype),
           q0 / jnp.linalg.norm(q0))
-  basis, alphas, betas, _ = jax.lax.fori_loop(0, m, body, init)
+  # Unrolled: XLA:CPU does not hoist the transposed jvp's loop-invariant work out of a rolled
+  # loop, which made conv generators 10× slower; num_iters is static and small.
+  basis, alphas, betas, _ = jax.lax.fori_loop(0, m, body, init, unroll=True)
   tridiag = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
   theta, y = jnp.linalg.eigh(tridiag)
   eigvals, eigvecs = theta[:k], basis.T @ y[:, :k]
@@ -131,7 +133,7 @@ def lobpcg_smallest(matvec: Matvec, dim: int, *, key, num_iters: int, k: int = 1
   if num_iters >= 1:
     x, ax, theta, p, ap = step(x, ax, theta, None, None)
     x, ax, theta, p, ap = jax.lax.fori_loop(
-        1, num_iters, lambda _, c: step(*c), (x, ax, theta, p, ap))
+        1, num_iters, lambda _, c: step(*c), (x, ax, theta, p, ap), unroll=True)
   order = jnp.argsort(theta)
   eigvals, eigvecs = theta[order], x[:, order]
   return EigResult(eigvals, eigvecs, ritz_residuals(matvec, eigvals, eigvecs))
