@@ -155,8 +155,13 @@ def critic_loss(settings, nets, critic_params, gen_params, z, key):
 
 
 def latent_score(settings, generator_fn, z, key):
-  """`∇_z[−log q(G(z))] = z + ∇_z ½ log det JᵀJ` (or its singular-value surrogate)."""
-  surrogate = settings if settings.lower != "mutual_info" else dataclasses.replace(settings, lower="jacobian")
+  """`∇_z[−log q(G(z))] = z + ∇_z ½ log det JᵀJ`.
+
+  Exact when the Jacobian is dense anyway (small d): the `d·log s_min` surrogate's gradient
+  jumps where singular values cross, which makes the penalty erratic. Matrix-free otherwise.
+  """
+  exact = settings.lower == "jacobian_exact" or settings.jacobian_method == "dense"
+  surrogate = dataclasses.replace(settings, lower="jacobian_exact" if exact else "jacobian")
   return jax.grad(lambda z: 0.5 * jnp.sum(z**2) + half_logdet(surrogate, generator_fn, z, key))(z)
 
 
