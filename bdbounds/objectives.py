@@ -25,13 +25,13 @@ class BoundSettings:
   lower: str = "jacobian"
   upper: str = "latent_fisher"
   entropy_weight: float = 1.0
-  upper_weight: float = 1e-3
-  weight_schedule: str = "constant"   # or "adaptive": 0.7 (2307 + t)^-0.55
+  upper_weight: float = 1e-2
+  weight_schedule: str = "adaptive"   # 0.7 (2307 + t)^-0.55, or "constant"
   hinge: float | None = None          # τ in relu(λ·penalty − τ); None disables the hinge
   jacobian_method: str = "dense"      # dense | lanczos | lobpcg
   jacobian_num_iters: int = 2
   jacobian_k: int = 1
-  mi_estimator: str = "infonce"
+  mi_estimator: str = "dv"
   num_probes: int = 1
   diffusion_num_t: int = 4
   gamma_min: float = -13.3

@@ -29,38 +29,38 @@ def get_config():
   c.bounds.lower = "jacobian"                  # generator entropy lower bound: jacobian | jacobian_exact | mutual_info
   c.bounds.upper = "latent_fisher"             # EBM KL upper bound: none | latent_fisher | score_matching | r1 | diffusion
   c.bounds.entropy_weight = 1.0                # w_H on the entropy lower bound in the generator loss
-  c.bounds.upper_weight = 1e-3                 # λ = C/2 on the KL upper-bound term (constant schedule)
-  c.bounds.weight_schedule = "constant"        # constant | adaptive (λ_t = 0.7 (2307 + t)^-0.55)
+  c.bounds.upper_weight = 1e-2                 # λ = C/2 on the KL upper-bound term (constant schedule)
+  c.bounds.weight_schedule = "adaptive"        # adaptive (λ_t = 0.7 (2307 + t)^-0.55, the original code's) | constant
   c.bounds.hinge = ml_collections.FieldReference(None, field_type=float)  # τ in relu(λ·pen − τ); None: off
   c.bounds.jacobian_method = "dense"           # s_min solver: dense (exact, small d) | lanczos | lobpcg
   c.bounds.jacobian_num_iters = 10             # Krylov / LOBPCG iterations for the matrix-free solvers
   c.bounds.jacobian_k = 1                      # number of smallest singular values in the bound
-  c.bounds.mi_estimator = "infonce"            # MI lower bound for the noisy generator: infonce | dv | nwj
+  c.bounds.mi_estimator = "dv"                 # MI lower bound for the noisy generator: dv | nwj | infonce (O(B²) critic calls)
   c.bounds.num_probes = 1                      # Hutchinson / latent-Fisher probe vectors per example
   c.bounds.diffusion_num_t = 4                 # diffusion times per example (stratified)
   c.bounds.gamma_min = -13.3                   # γ at t = 0 (log-SNR = −γ)
   c.bounds.gamma_max = 5.0                     # γ at t = 1
 
   c.training = ml_collections.ConfigDict()
-  c.training.num_steps = 20_000                # train steps (one step = energy_steps + generator_steps updates)
+  c.training.num_steps = 30_000                # train steps (one step = energy_steps + generator_steps updates)
   c.training.batch_size = 200                  # global batch, split across all devices
   c.training.energy_steps = 1                  # energy updates per step
   c.training.generator_steps = 1               # generator (and critic) updates per step
-  c.training.energy_lr = 1e-3                  # Adam learning rate of the energy
-  c.training.generator_lr = 1e-3               # Adam learning rate of the generator
-  c.training.critic_lr = 1e-3                  # Adam learning rate of the MI critic
-  c.training.b1 = 0.5                          # Adam β1 of every optimiser
-  c.training.b2 = 0.999                        # Adam β2 of every optimiser
+  c.training.energy_lr = 1e-4                  # Adam learning rate of the energy
+  c.training.generator_lr = 3e-4               # Adam learning rate of the generator (faster: it must track p_θ)
+  c.training.critic_lr = 3e-4                  # Adam learning rate of the MI critic
+  c.training.b1 = 0.0                          # Adam β1 of every optimiser (0: no momentum, stabler games)
+  c.training.b2 = 0.9                          # Adam β2 of every optimiser
   c.training.lr_decay = True                   # cosine decay of every learning rate to 0.05× over the run
   c.training.on_nonfinite = "stop"             # stop (with a report) | skip (drop the update and count it)
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.every_steps = 5_000                   # evaluation cadence (and at the last step)
+  c.eval.every_steps = 10_000                  # evaluation cadence (and at the last step)
   c.eval.num_samples = 2_000                   # generator samples per plot and energy statistics
   c.eval.quadrature_tol = 1e-3                 # target change of log Z under grid refinement (nats)
 
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every_steps = 5_000             # checkpoint cadence (and at the last step)
+  c.checkpoint.every_steps = 2_000             # checkpoint cadence (and at the last step)
   c.checkpoint.max_to_keep = 3                 # checkpoints kept on disk
 
   c.log = ml_collections.ConfigDict()

@@ -11,6 +11,10 @@ DATASETS = ("8gaussians", "25gaussians", "rings", "circles", "moons", "pinwheel"
             "swissroll", "checkerboard")
 
 
+# Sharp data (modes of std 0.018) need first layers that can learn short length scales fast.
+INPUT_SCALES = {"25gaussians": (5.0, 2.0)}  # (energy, generator)
+
+
 def get_config(arg: str = ""):
   config = base.get_config()
   for preset in filter(None, (a.strip() for a in arg.split(","))):
@@ -28,4 +32,6 @@ def get_config(arg: str = ""):
     else:
       raise ValueError(f"unknown preset {preset!r} in configs/toy.py; use a data set "
                        f"({', '.join(DATASETS)}) and/or 'smoke', comma-separated")
+  config.model.energy_input_scale, config.model.generator_input_scale = INPUT_SCALES.get(
+      config.data.name, (1.0, 1.0))
   return config.lock()
