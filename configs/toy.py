@@ -5,10 +5,8 @@
   --config=configs/toy.py:rings,smoke     a few steps, for tests and a first look
 """
 
+from bdbounds.data import TOY_DATASETS as DATASETS
 from configs import base
-
-DATASETS = ("8gaussians", "25gaussians", "rings", "circles", "moons", "pinwheel", "2spirals",
-            "swissroll", "checkerboard")
 
 
 # Sharp data (modes of std 0.018) need first layers that can learn short length scales fast.

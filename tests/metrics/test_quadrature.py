@@ -9,49 +9,49 @@ import numpy as np
 import pytest
 
 from bdbounds.metrics import (
-    adaptive_log_partition,
-    density_on_grid,
-    kl_data_model,
-    kl_data_model_mc,
-    log_density_fn,
-    log_partition_on_grid,
-    nll,
+  adaptive_log_partition,
+  density_on_grid,
+  kl_data_model,
+  kl_data_model_mc,
+  log_density_fn,
+  log_partition_on_grid,
+  nll,
 )
 
 LOG_2PI = math.log(2.0 * math.pi)
 
 
 def std_gaussian_energy(x):
-    return 0.5 * jnp.sum(x**2, axis=-1)
+  return 0.5 * jnp.sum(x**2, axis=-1)
 
 
 def gaussian_energy(mean, std):
-    """Unnormalised isotropic Gaussian energy; log Z = log(2 pi std^2)."""
-    mean = jnp.asarray(mean)
+  """Unnormalised isotropic Gaussian energy; log Z = log(2 pi std^2)."""
+  mean = jnp.asarray(mean)
 
-    def energy(x):
-        return 0.5 * jnp.sum((x - mean.astype(x.dtype)) ** 2, axis=-1) / std**2
+  def energy(x):
+    return 0.5 * jnp.sum((x - mean.astype(x.dtype)) ** 2, axis=-1) / std**2
 
-    return energy, math.log(2.0 * math.pi * std**2)
+  return energy, math.log(2.0 * math.pi * std**2)
 
 
 def gaussian_log_prob(mean, std):
-    """Normalised log density of N(mean, diag(std^2)) in 2-D."""
-    mean = np.asarray(mean, dtype=np.float64)
-    std = np.broadcast_to(np.asarray(std, dtype=np.float64), (2,))
+  """Normalised log density of N(mean, diag(std^2)) in 2-D."""
+  mean = np.asarray(mean, dtype=np.float64)
+  std = np.broadcast_to(np.asarray(std, dtype=np.float64), (2,))
 
-    def log_prob(x):
-        z = (jnp.asarray(x) - mean) / std
-        return -0.5 * jnp.sum(z**2, axis=-1) - LOG_2PI - float(np.sum(np.log(std)))
+  def log_prob(x):
+    z = (jnp.asarray(x) - mean) / std
+    return -0.5 * jnp.sum(z**2, axis=-1) - LOG_2PI - float(np.sum(np.log(std)))
 
-    return log_prob
+  return log_prob
 
 
 def gaussian_kl(mu1, s1, mu2, s2):
-    """KL(N(mu1, diag(s1^2)) || N(mu2, s2^2 I)) in 2-D."""
-    mu1, mu2 = np.asarray(mu1, float), np.asarray(mu2, float)
-    s1 = np.broadcast_to(np.asarray(s1, float), (2,))
-    return float(np.sum(np.log(s2 / s1) + (s1**2 + (mu1 - mu2) ** 2) / (2 * s2**2) - 0.5))
+  """KL(N(mu1, diag(s1^2)) || N(mu2, s2^2 I)) in 2-D."""
+  mu1, mu2 = np.asarray(mu1, float), np.asarray(mu2, float)
+  s1 = np.broadcast_to(np.asarray(s1, float), (2,))
+  return float(np.sum(np.log(s2 / s1) + (s1**2 + (mu1 - mu2) ** 2) / (2 * s2**2) - 0.5))
 
 
 # 25 isotropic Gaussian modes of std 0.0177 on a 5x5 lattice spanning [-1.41, 1.41]^2.
@@ -61,17 +61,17 @@ MODES_LOG_Z = math.log(25 * 2 * math.pi * MODE_STD**2)
 
 
 def modes_energy(x):
-    # exp(-E) = sum_k exp(-|x - c_k|^2 / (2 s^2)) integrates to 25 * 2 pi s^2.
-    c = jnp.asarray(MODE_CENTRES, dtype=x.dtype)
-    sq = jnp.sum((x[:, None, :] - c[None]) ** 2, axis=-1)
-    return -jax.nn.logsumexp(-sq / (2 * MODE_STD**2), axis=1)
+  # exp(-E) = sum_k exp(-|x - c_k|^2 / (2 s^2)) integrates to 25 * 2 pi s^2.
+  c = jnp.asarray(MODE_CENTRES, dtype=x.dtype)
+  sq = jnp.sum((x[:, None, :] - c[None]) ** 2, axis=-1)
+  return -jax.nn.logsumexp(-sq / (2 * MODE_STD**2), axis=1)
 
 
 @pytest.fixture(scope="module")
 def modes_data():
-    rng = np.random.default_rng(0)
-    k = rng.integers(0, 25, size=2000)
-    return MODE_CENTRES[k] + MODE_STD * rng.standard_normal((2000, 2))
+  rng = np.random.default_rng(0)
+  k = rng.integers(0, 25, size=2000)
+  return MODE_CENTRES[k] + MODE_STD * rng.standard_normal((2000, 2))
 
 
 # ---------------------------------------------------------------------------
@@ -79,86 +79,86 @@ def modes_data():
 
 
 def test_standard_gaussian_log_partition_float64():
-    x64_before = jax.config.jax_enable_x64
-    with jax.enable_x64(True):
-        lz = log_partition_on_grid(std_gaussian_energy, -12.0, 12.0, 256)
-        assert abs(lz - LOG_2PI) < 1e-6
-        # Adaptive, with a tight tolerance: box and resolution must follow it.
-        res = adaptive_log_partition(std_gaussian_energy, lo=(-1.0, -1.0), hi=(1.0, 1.0), tol=1e-7)
-    assert res.converged
-    assert res.error_estimate < 1e-7
-    assert abs(res.log_z - LOG_2PI) < 1e-6
-    assert abs(res.log_z - LOG_2PI) <= res.error_estimate + 1e-12
-    assert jax.config.jax_enable_x64 == x64_before  # the flag is restored
+  x64_before = jax.config.jax_enable_x64
+  with jax.enable_x64(True):
+    lz = log_partition_on_grid(std_gaussian_energy, -12.0, 12.0, 256)
+    assert abs(lz - LOG_2PI) < 1e-6
+    # Adaptive, with a tight tolerance: box and resolution must follow it.
+    res = adaptive_log_partition(std_gaussian_energy, lo=(-1.0, -1.0), hi=(1.0, 1.0), tol=1e-7)
+  assert res.converged
+  assert res.error_estimate < 1e-7
+  assert abs(res.log_z - LOG_2PI) < 1e-6
+  assert abs(res.log_z - LOG_2PI) <= res.error_estimate + 1e-12
+  assert jax.config.jax_enable_x64 == x64_before  # the flag is restored
 
 
 def test_truncated_box_integral_float64():
-    # E = -(x + 2y) on [0, 1] x [-1, 2]: the box truncates the integrand, so this
-    # checks cell centres, cell area and which grid axis is x.
-    exact = math.log((math.e - 1.0) * (math.exp(4.0) - math.exp(-2.0)) / 2.0)
-    with jax.enable_x64(True):
-        lz = log_partition_on_grid(
-            lambda x: -(x[:, 0] + 2.0 * x[:, 1]), (0.0, -1.0), (1.0, 2.0), 512, chunk_size=5000
-        )
-    # Midpoint-rule error ~ h^2/24 * (1 + 4 * 9) relative: ~6e-6 here.
-    assert abs(lz - exact) < 1e-5
+  # E = -(x + 2y) on [0, 1] x [-1, 2]: the box truncates the integrand, so this
+  # checks cell centres, cell area and which grid axis is x.
+  exact = math.log((math.e - 1.0) * (math.exp(4.0) - math.exp(-2.0)) / 2.0)
+  with jax.enable_x64(True):
+    lz = log_partition_on_grid(
+      lambda x: -(x[:, 0] + 2.0 * x[:, 1]), (0.0, -1.0), (1.0, 2.0), 512, chunk_size=5000
+    )
+  # Midpoint-rule error ~ h^2/24 * (1 + 4 * 9) relative: ~6e-6 here.
+  assert abs(lz - exact) < 1e-5
 
 
 def test_chunking_does_not_change_result():
-    energy, _ = gaussian_energy((0.3, -0.2), 0.7)
-    a = log_partition_on_grid(energy, (-4.0, -3.0), (3.0, 5.0), 97)
-    b = log_partition_on_grid(energy, (-4.0, -3.0), (3.0, 5.0), 97, chunk_size=1000)
-    assert abs(a - b) < 1e-5
+  energy, _ = gaussian_energy((0.3, -0.2), 0.7)
+  a = log_partition_on_grid(energy, (-4.0, -3.0), (3.0, 5.0), 97)
+  b = log_partition_on_grid(energy, (-4.0, -3.0), (3.0, 5.0), 97, chunk_size=1000)
+  assert abs(a - b) < 1e-5
 
 
 def test_energy_with_trailing_unit_axis_is_accepted():
-    lz = log_partition_on_grid(lambda x: std_gaussian_energy(x)[:, None], -10.0, 10.0, 128)
-    assert abs(lz - LOG_2PI) < 1e-4
+  lz = log_partition_on_grid(lambda x: std_gaussian_energy(x)[:, None], -10.0, 10.0, 128)
+  assert abs(lz - LOG_2PI) < 1e-4
 
 
 def test_sharp_modes_converge(modes_data):
-    res = adaptive_log_partition(modes_energy, modes_data)
-    assert res.converged
-    assert res.error_estimate < 1e-3
-    assert abs(res.log_z - MODES_LOG_Z) < 1e-3
-    # The grid must actually resolve modes of std 0.0177.
-    assert (res.hi[0] - res.lo[0]) / res.resolution < 1.5 * MODE_STD
-    assert np.all(np.asarray(res.lo) < modes_data.min(0))
-    assert np.all(np.asarray(res.hi) > modes_data.max(0))
-    assert res.history[-1] == (res.resolution, res.log_z)
+  res = adaptive_log_partition(modes_energy, modes_data)
+  assert res.converged
+  assert res.error_estimate < 1e-3
+  assert abs(res.log_z - MODES_LOG_Z) < 1e-3
+  # The grid must actually resolve modes of std 0.0177.
+  assert (res.hi[0] - res.lo[0]) / res.resolution < 1.5 * MODE_STD
+  assert np.all(np.asarray(res.lo) < modes_data.min(0))
+  assert np.all(np.asarray(res.hi) > modes_data.max(0))
+  assert res.history[-1] == (res.resolution, res.log_z)
 
 
 def test_too_coarse_max_resolution_is_not_converged(modes_data):
-    res = adaptive_log_partition(modes_energy, modes_data, max_resolution=128)
-    assert not res.converged
-    assert res.resolution <= 128
-    assert res.error_estimate > 1e-3
+  res = adaptive_log_partition(modes_energy, modes_data, max_resolution=128)
+  assert not res.converged
+  assert res.resolution <= 128
+  assert res.error_estimate > 1e-3
 
 
 def test_broad_energy_grows_box():
-    energy, log_z = gaussian_energy((3.0, -2.0), 5.0)
-    data = np.random.default_rng(1).uniform(-1.0, 1.0, size=(500, 2))
-    res = adaptive_log_partition(energy, data)
-    assert res.converged
-    assert res.error_estimate < 1e-3
-    assert abs(res.log_z - log_z) < 1e-3
-    # Mass reaches ~5 std from the mean in every direction.
-    assert res.lo[0] < 3.0 - 20.0 and res.hi[0] > 3.0 + 20.0
-    assert res.lo[1] < -2.0 - 20.0 and res.hi[1] > -2.0 + 20.0
+  energy, log_z = gaussian_energy((3.0, -2.0), 5.0)
+  data = np.random.default_rng(1).uniform(-1.0, 1.0, size=(500, 2))
+  res = adaptive_log_partition(energy, data)
+  assert res.converged
+  assert res.error_estimate < 1e-3
+  assert abs(res.log_z - log_z) < 1e-3
+  # Mass reaches ~5 std from the mean in every direction.
+  assert res.lo[0] < 3.0 - 20.0 and res.hi[0] > 3.0 + 20.0
+  assert res.lo[1] < -2.0 - 20.0 and res.hi[1] > -2.0 + 20.0
 
 
 def test_non_normalisable_energy_is_not_converged():
-    flat = lambda x: jnp.zeros(x.shape[0])  # noqa: E731
-    res = adaptive_log_partition(flat, lo=(-1.0, -1.0), hi=(1.0, 1.0), max_growths=4)
-    assert not res.converged
-    assert res.error_estimate > 1e-3
+  flat = lambda x: jnp.zeros(x.shape[0])  # noqa: E731
+  res = adaptive_log_partition(flat, lo=(-1.0, -1.0), hi=(1.0, 1.0), max_growths=4)
+  assert not res.converged
+  assert res.error_estimate > 1e-3
 
 
 def test_nan_energy_is_not_converged():
-    bad = lambda x: jnp.full(x.shape[0], jnp.nan)  # noqa: E731
-    res = adaptive_log_partition(bad, lo=(-1.0, -1.0), hi=(1.0, 1.0))
-    assert not res.converged
-    assert math.isnan(res.log_z)
+  bad = lambda x: jnp.full(x.shape[0], jnp.nan)  # noqa: E731
+  res = adaptive_log_partition(bad, lo=(-1.0, -1.0), hi=(1.0, 1.0))
+  assert not res.converged
+  assert math.isnan(res.log_z)
 
 
 # ---------------------------------------------------------------------------
@@ -166,82 +166,82 @@ def test_nan_energy_is_not_converged():
 
 
 def test_kl_between_gaussians_matches_closed_form():
-    mu1, s1 = (0.5, -0.3), (0.8, 1.3)
-    mu2, s2 = (-0.2, 0.4), 1.1
-    energy, log_z = gaussian_energy(mu2, s2)
-    kl = kl_data_model(gaussian_log_prob(mu1, s1), energy, log_z, -12.0, 12.0, 512)
-    assert abs(kl - gaussian_kl(mu1, s1, mu2, s2)) < 1e-4
+  mu1, s1 = (0.5, -0.3), (0.8, 1.3)
+  mu2, s2 = (-0.2, 0.4), 1.1
+  energy, log_z = gaussian_energy(mu2, s2)
+  kl = kl_data_model(gaussian_log_prob(mu1, s1), energy, log_z, -12.0, 12.0, 512)
+  assert abs(kl - gaussian_kl(mu1, s1, mu2, s2)) < 1e-4
 
 
 def test_kl_with_adaptive_log_z_and_monte_carlo():
-    mu1, s1 = (0.5, -0.3), (0.8, 1.3)
-    mu2, s2 = (-0.2, 0.4), 1.1
-    energy, _ = gaussian_energy(mu2, s2)
-    rng = np.random.default_rng(2)
-    samples = np.asarray(mu1) + np.asarray(s1) * rng.standard_normal((20000, 2))
-    grid = adaptive_log_partition(energy, samples)
-    assert grid.converged
-    data_lp = gaussian_log_prob(mu1, s1)
-    kl = kl_data_model(data_lp, energy, grid.log_z, grid.lo, grid.hi, grid.resolution)
-    exact = gaussian_kl(mu1, s1, mu2, s2)
-    assert abs(kl - exact) < 2e-3
-    mc = kl_data_model_mc(data_lp, energy, grid.log_z, samples)
-    assert abs(mc.value - exact) < 4 * mc.stderr + 2e-3
+  mu1, s1 = (0.5, -0.3), (0.8, 1.3)
+  mu2, s2 = (-0.2, 0.4), 1.1
+  energy, _ = gaussian_energy(mu2, s2)
+  rng = np.random.default_rng(2)
+  samples = np.asarray(mu1) + np.asarray(s1) * rng.standard_normal((20000, 2))
+  grid = adaptive_log_partition(energy, samples)
+  assert grid.converged
+  data_lp = gaussian_log_prob(mu1, s1)
+  kl = kl_data_model(data_lp, energy, grid.log_z, grid.lo, grid.hi, grid.resolution)
+  exact = gaussian_kl(mu1, s1, mu2, s2)
+  assert abs(kl - exact) < 2e-3
+  mc = kl_data_model_mc(data_lp, energy, grid.log_z, samples)
+  assert abs(mc.value - exact) < 4 * mc.stderr + 2e-3
 
 
 def test_kl_of_density_with_itself_is_zero():
-    energy, log_z = gaussian_energy((0.2, 0.1), 0.9)
-    kl = kl_data_model(gaussian_log_prob((0.2, 0.1), 0.9), energy, log_z, -10.0, 10.0, 256)
-    assert abs(kl) < 1e-5
+  energy, log_z = gaussian_energy((0.2, 0.1), 0.9)
+  kl = kl_data_model(gaussian_log_prob((0.2, 0.1), 0.9), energy, log_z, -10.0, 10.0, 256)
+  assert abs(kl) < 1e-5
 
 
 def test_kl_handles_data_density_with_bounded_support():
-    # p_data uniform on [0, 1]^2 (log p = -inf outside), model N(0, I):
-    # KL = E_U[|x|^2 / 2] + log 2 pi = 1/3 + log 2 pi.
-    def uniform_log_prob(x):
-        inside = jnp.all((x >= 0.0) & (x <= 1.0), axis=-1)
-        return jnp.where(inside, 0.0, -jnp.inf)
+  # p_data uniform on [0, 1]^2 (log p = -inf outside), model N(0, I):
+  # KL = E_U[|x|^2 / 2] + log 2 pi = 1/3 + log 2 pi.
+  def uniform_log_prob(x):
+    inside = jnp.all((x >= 0.0) & (x <= 1.0), axis=-1)
+    return jnp.where(inside, 0.0, -jnp.inf)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # grid mass of p_data must be ~1
-        kl = kl_data_model(uniform_log_prob, std_gaussian_energy, LOG_2PI, -1.0, 2.0, 300)
-    assert abs(kl - (1.0 / 3.0 + LOG_2PI)) < 1e-4
-    samples = np.random.default_rng(3).uniform(0.0, 1.0, size=(20000, 2))
-    mc = kl_data_model_mc(uniform_log_prob, std_gaussian_energy, LOG_2PI, samples)
-    assert abs(mc.value - kl) < 4 * mc.stderr
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # grid mass of p_data must be ~1
+    kl = kl_data_model(uniform_log_prob, std_gaussian_energy, LOG_2PI, -1.0, 2.0, 300)
+  assert abs(kl - (1.0 / 3.0 + LOG_2PI)) < 1e-4
+  samples = np.random.default_rng(3).uniform(0.0, 1.0, size=(20000, 2))
+  mc = kl_data_model_mc(uniform_log_prob, std_gaussian_energy, LOG_2PI, samples)
+  assert abs(mc.value - kl) < 4 * mc.stderr
 
 
 def test_kl_warns_when_box_misses_data_mass():
-    energy, log_z = gaussian_energy((0.0, 0.0), 1.0)
-    with pytest.warns(RuntimeWarning, match="integrates to"):
-        kl_data_model(gaussian_log_prob((0.0, 0.0), 1.0), energy, log_z, -1.0, 1.0, 64)
+  energy, log_z = gaussian_energy((0.0, 0.0), 1.0)
+  with pytest.warns(RuntimeWarning, match="integrates to"):
+    kl_data_model(gaussian_log_prob((0.0, 0.0), 1.0), energy, log_z, -1.0, 1.0, 64)
 
 
 def test_nll_matches_cross_entropy():
-    mu1, s1 = np.array([0.4, -0.6]), 0.7
-    mu2, s2 = (0.0, 0.0), 1.2
-    energy, _ = gaussian_energy(mu2, s2)
-    x = mu1 + s1 * np.random.default_rng(4).standard_normal((20000, 2))
-    grid = adaptive_log_partition(energy, x)
-    assert grid.converged
-    value = nll(energy, x, grid.log_z)
-    cross_entropy = math.log(2 * math.pi * s2**2) + (2 * s1**2 + float(np.sum(mu1**2))) / (2 * s2**2)
-    stderr = float(np.std(np.asarray(energy(jnp.asarray(x, jnp.float32))))) / math.sqrt(len(x))
-    assert abs(value - cross_entropy) < 4 * stderr + grid.error_estimate + 1e-5
+  mu1, s1 = np.array([0.4, -0.6]), 0.7
+  mu2, s2 = (0.0, 0.0), 1.2
+  energy, _ = gaussian_energy(mu2, s2)
+  x = mu1 + s1 * np.random.default_rng(4).standard_normal((20000, 2))
+  grid = adaptive_log_partition(energy, x)
+  assert grid.converged
+  value = nll(energy, x, grid.log_z)
+  cross_entropy = math.log(2 * math.pi * s2**2) + (2 * s1**2 + float(np.sum(mu1**2))) / (2 * s2**2)
+  stderr = float(np.std(np.asarray(energy(jnp.asarray(x, jnp.float32))))) / math.sqrt(len(x))
+  assert abs(value - cross_entropy) < 4 * stderr + grid.error_estimate + 1e-5
 
 
 def test_density_on_grid_orientation_and_normalisation():
-    energy, log_z = gaussian_energy((1.5, -0.5), 0.6)
-    lo, hi = (-3.0, -4.0), (5.0, 3.0)
-    xs, ys, logp = density_on_grid(energy, log_z, lo, hi, 200, chunk_size=3000)
-    assert xs.shape == (200,) and ys.shape == (200,) and logp.shape == (200, 200)
-    np.testing.assert_allclose(xs[[0, -1]], [-3.0 + 0.02, 5.0 - 0.02])
-    np.testing.assert_allclose(ys[[0, -1]], [-4.0 + 0.0175, 3.0 - 0.0175])
-    iy, ix = np.unravel_index(np.argmax(logp), logp.shape)
-    assert abs(xs[ix] - 1.5) < 0.03 and abs(ys[iy] + 0.5) < 0.03
-    log_p = log_density_fn(energy, log_z)
-    pts = np.array([[xs[17], ys[123]], [xs[150], ys[3]]])
-    expected = logp[[123, 3], [17, 150]]
-    np.testing.assert_allclose(np.asarray(log_p(jnp.asarray(pts, jnp.float32))), expected, rtol=1e-5)
-    cell = (8.0 / 200) * (7.0 / 200)
-    assert abs(np.exp(logp).sum() * cell - 1.0) < 1e-4
+  energy, log_z = gaussian_energy((1.5, -0.5), 0.6)
+  lo, hi = (-3.0, -4.0), (5.0, 3.0)
+  xs, ys, logp = density_on_grid(energy, log_z, lo, hi, 200, chunk_size=3000)
+  assert xs.shape == (200,) and ys.shape == (200,) and logp.shape == (200, 200)
+  np.testing.assert_allclose(xs[[0, -1]], [-3.0 + 0.02, 5.0 - 0.02])
+  np.testing.assert_allclose(ys[[0, -1]], [-4.0 + 0.0175, 3.0 - 0.0175])
+  iy, ix = np.unravel_index(np.argmax(logp), logp.shape)
+  assert abs(xs[ix] - 1.5) < 0.03 and abs(ys[iy] + 0.5) < 0.03
+  log_p = log_density_fn(energy, log_z)
+  pts = np.array([[xs[17], ys[123]], [xs[150], ys[3]]])
+  expected = logp[[123, 3], [17, 150]]
+  np.testing.assert_allclose(np.asarray(log_p(jnp.asarray(pts, jnp.float32))), expected, rtol=1e-5)
+  cell = (8.0 / 200) * (7.0 / 200)
+  assert abs(np.exp(logp).sum() * cell - 1.0) < 1e-4
