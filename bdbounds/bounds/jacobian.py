@@ -51,6 +51,11 @@ def jtj_eigs(fn: Callable, z: jax.Array, *, key, num_iters: int, k: int = 1,
   if z.ndim != 1:
     raise ValueError(f"z must be one latent vector of shape [d]; got shape {z.shape} (vmap over a batch)")
   z = jax.lax.stop_gradient(z)
+  # Hoist the tracers `fn` closes over (e.g. parameters under `jax.grad`) and cut their
+  # gradient, so autodiff never traces through the solver's iterations at all.
+  converted, consts = jax.closure_convert(_flat(fn), z)
+  consts = [jax.lax.stop_gradient(c) for c in consts]
+  fn = lambda z: converted(z, *consts)
   if method == "dense":
     result = _dense_smallest(fn, z, k=k)
   else:

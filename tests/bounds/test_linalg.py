@@ -32,10 +32,10 @@ def test_lanczos_full_dimension_is_exact(k):
 @pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("method", sorted(SOLVERS))
 def test_ritz_values_bound_from_above_and_improve_monotonically(method):
-  a, eigs = random_spd(jax.random.PRNGKey(2), 40, cond=50.0)
+  a, eigs = random_spd(jax.random.PRNGKey(2), 24, cond=20.0)
   errors = []
-  for num_iters in (2, 5, 10, 20, 40):
-    res = SOLVERS[method](lambda v: a @ v, 40, key=jax.random.PRNGKey(3), num_iters=num_iters, k=2)
+  for num_iters in (2, 6, 12, 24):
+    res = SOLVERS[method](lambda v: a @ v, 24, key=jax.random.PRNGKey(3), num_iters=num_iters, k=2)
     # Courant–Fischer: Ritz values never undershoot the true eigenvalues.
     assert np.all(np.asarray(res.eigvals) >= np.asarray(eigs[:2]) * (1 - 1e-10))
     errors.append(float(res.eigvals[0] - eigs[0]))
