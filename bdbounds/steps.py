@@ -54,6 +54,9 @@ def make_train_step(settings: objectives.BoundSettings, nets: objectives.Network
                     optimizers: dict, *, latent_dim: int, energy_steps: int, generator_steps: int,
                     shard_batch: Callable = lambda x: x) -> Callable:
   """Build the step. `shard_batch` constrains per-example arrays to the data axis."""
+  if energy_steps < 1 or generator_steps < 1:
+    raise ValueError(f"training.energy_steps={energy_steps} and training.generator_steps={generator_steps} "
+                     "must both be at least 1")
 
   def sample_latents(key, batch_size):
     return shard_batch(jax.random.normal(key, (batch_size, latent_dim)))
