@@ -111,34 +111,9 @@ def format_report(report: dict, workdir: str) -> str:
   return "\n".join(lines)
 
 
-def _restore(workdir: str, step: int | None):
+def _restore_state(config, workdir: str, step: int | None):
+  """The experiment a config describes, and its saved state (latest step by default)."""
   from bdbounds import train  # train imports this module
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  exp = train.build_experiment(config)
-  template = jax.eval_shape(exp.init_state, jax.random.PRNGKey(0))
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
-  state, _ = ckpt.restore(template, step=step)
-  ckpt.close()
-  return config, exp, state
-
-
-def load_energy(workdir: str, step: int | None = None):
-  """`x [N, D] -> energies [N]` of the EBM saved in `workdir` (latest step by default)."""
-  _, exp, state = _restore(workdir, step)
-  return _energy_batch_fn(exp, state.energy.params)
-
-
-def load_generator(workdir: str, step: int | None = None):
-  """`(key, n) -> samples [n, D]` from the generator saved in `workdir`."""
-  _, exp, state = _restore(workdir, step)
-  sample = jax.jit(lambda key, n: _sample_generator(exp, state.generator.params, key, n)[0], static_argnums=1)
-  return sample
-
-
-def evaluate(config, workdir: str, step: int | None = None) -> dict:
-  """`--mode=eval`: evaluate a saved step (latest by default) without touching training state."""
-  from bdbounds import train
   exp = train.build_experiment(config)
   template = jax.eval_shape(exp.init_state, jax.random.PRNGKey(0))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -146,7 +121,33 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first with --mode=train")
   state, _ = ckpt.restore(template, step=step)
   ckpt.close()
-  eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)[3]
+  return exp, state
+
+
+def _restore(workdir: str, step: int | None):
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  return _restore_state(config, workdir, step)
+
+
+def load_energy(workdir: str, step: int | None = None):
+  """`x [N, D] -> energies [N]` of the EBM saved in `workdir` (latest step by default)."""
+  exp, state = _restore(workdir, step)
+  return _energy_batch_fn(exp, state.energy.params)
+
+
+def load_generator(workdir: str, step: int | None = None):
+  """`(key, n) -> samples [n, D]` from the generator saved in `workdir`."""
+  exp, state = _restore(workdir, step)
+  sample = jax.jit(lambda key, n: _sample_generator(exp, state.generator.params, key, n)[0], static_argnums=1)
+  return sample
+
+
+def evaluate(config, workdir: str, step: int | None = None) -> dict:
+  """`--mode=eval`: evaluate a saved step (latest by default) without touching training state."""
+  from bdbounds import train
+  exp, state = _restore_state(config, workdir, step)
+  eval_key = train.create_keys(config.seed)["eval"]
   report = evaluate_state(config, exp, state, workdir, key=eval_key)
   print(format_report(report, workdir))
   return report

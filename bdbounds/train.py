@@ -113,6 +113,12 @@ def _flatten(tree, prefix=""):
   return {prefix[:-1]: tree}
 
 
+def create_keys(seed: int) -> dict:
+  """The run's named PRNG keys; evaluation of a saved step reuses the same `eval` key."""
+  names = ("init", "data", "train", "eval")
+  return dict(zip(names, jax.random.split(jax.random.PRNGKey(seed), len(names))))
+
+
 class NonFiniteError(RuntimeError):
   pass
 
@@ -131,7 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       shard_batch=parallel.make_shard_constraint(mesh))
   step_fn = parallel.jit_train_step(train_step, mesh)
 
-  init_key, data_key, train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)
+  keys = create_keys(config.seed)
+  init_key, data_key, train_key, eval_key = keys["init"], keys["data"], keys["train"], keys["eval"]
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
   state = jax.device_put(exp.init_state(init_key), parallel.replicated(mesh))

@@ -515,6 +515,15 @@ def _iter_grid_rows(xs: np.ndarray, ys: np.ndarray, chunk_size: int):
     yield slice(r0, r0 + yy.shape[0]), np.stack([gx.ravel(), gy.ravel()], axis=-1)
 
 
+def _model_log_density_rows(energy_fn, log_z, lo, hi, resolution, chunk_size):
+  """Yields ``(row_slice, points, log p_model, chunk)`` over the grid's cell centres, row blocks at a time."""
+  xs, ys = _grid_points(lo, hi, resolution)
+  rows_chunk = min(max(1, int(chunk_size) // resolution), resolution) * resolution
+  energy = _jit_vector_fn(energy_fn)
+  for rows, pts in _iter_grid_rows(xs, ys, chunk_size):
+    yield rows, pts, -_map_chunks(energy, pts, rows_chunk, pad=True) - float(log_z), rows_chunk
+
+
 def kl_data_model(
   data_log_prob: Callable[[jax.Array], jax.Array],
   energy_fn: EnergyFn,
@@ -542,16 +551,11 @@ def kl_data_model(
   """
   lo_a, hi_a = _box(lo, hi)
   resolution = int(resolution)
-  xs, ys = _grid_points(lo_a, hi_a, resolution)
   cell = (hi_a[0] - lo_a[0]) * (hi_a[1] - lo_a[1]) / resolution**2
-  rows_chunk = min(max(1, int(chunk_size) // resolution), resolution) * resolution
-  energy = _jit_vector_fn(energy_fn)
   data_fn = _vector_fn(data_log_prob)
-  log_z = float(log_z)
   total, mass = 0.0, 0.0
-  for _, pts in _iter_grid_rows(xs, ys, chunk_size):
+  for _, pts, lp_model, rows_chunk in _model_log_density_rows(energy_fn, log_z, lo_a, hi_a, resolution, chunk_size):
     lp_data = _map_chunks(data_fn, pts, rows_chunk, pad=True)
-    lp_model = -_map_chunks(energy, pts, rows_chunk, pad=True) - log_z
     if np.any(np.isnan(lp_data)) or np.any(np.isnan(lp_model)):
       return math.nan
     support = lp_data > -np.inf
@@ -590,10 +594,7 @@ def density_on_grid(
   lo_a, hi_a = _box(lo, hi)
   resolution = int(resolution)
   xs, ys = _grid_points(lo_a, hi_a, resolution)
-  rows_chunk = min(max(1, int(chunk_size) // resolution), resolution) * resolution
-  energy = _jit_vector_fn(energy_fn)
   out = np.empty((resolution, resolution), dtype=np.float64)
-  for rows, pts in _iter_grid_rows(xs, ys, chunk_size):
-    log_p = -_map_chunks(energy, pts, rows_chunk, pad=True) - float(log_z)
+  for rows, _, log_p, _ in _model_log_density_rows(energy_fn, log_z, lo_a, hi_a, resolution, chunk_size):
     out[rows] = log_p.reshape(-1, resolution)
   return xs, ys, out
