@@ -1,5 +1,19 @@
 """Datasets for bdbounds."""
 
+from bdbounds.data.images import (
+  IMAGE_DATASETS,
+  DatasetNotPreparedError,
+  ImageDataset,
+  get_image_dataset,
+)
 from bdbounds.data.toy import TOY_DATASETS, ToyDataset, get_toy_dataset
 
-__all__ = ["TOY_DATASETS", "ToyDataset", "get_toy_dataset"]
+__all__ = [
+  "IMAGE_DATASETS",
+  "DatasetNotPreparedError",
+  "ImageDataset",
+  "get_image_dataset",
+  "TOY_DATASETS",
+  "ToyDataset",
+  "get_toy_dataset",
+]
