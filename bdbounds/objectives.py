@@ -94,12 +94,14 @@ def sample_fake(settings, nets, gen_params, z, key):
   return x
 
 
-def half_logdet(settings, generator_fn, z, key):
-  """Per-example `½ log det JᵀJ` (exact) or its singular-value lower bound, for one z."""
+def half_logdet(settings, generator_fn, z, key, *, with_output=False):
+  """Per-example `½ log det JᵀJ` (exact) or its singular-value lower bound, for one z
+  (and `G(z)` from the same forward pass, `with_output`)."""
   if settings.lower == "jacobian_exact":
-    return bounds.half_logdet_exact(generator_fn, z)
+    return bounds.half_logdet_exact(generator_fn, z, with_output=with_output)
   return bounds.logdet_lower_bound(generator_fn, z, key=key, num_iters=settings.jacobian_num_iters,
-                                   k=settings.jacobian_k, method=settings.jacobian_method)
+                                   k=settings.jacobian_k, method=settings.jacobian_method,
+                                   with_output=with_output)
 
 
 def mi_lower_bound(settings, t_joint, t_marginal, scores=None):
@@ -127,8 +129,8 @@ def entropy_lower_bound(settings, nets, gen_params, critic_params, z, key):
   if settings.lower in ("jacobian", "jacobian_exact"):
     d = z.shape[-1]
     keys = jax.random.split(logdet_key, z.shape[0])
-    logdets = jax.vmap(lambda z, k: half_logdet(settings, lambda z: nets.generator(gen_params, z), z, k))(z, keys)
-    x = jax.vmap(lambda z: nets.generator(gen_params, z))(z)
+    generator_fn = lambda z: nets.generator(gen_params, z)
+    logdets, x = jax.vmap(lambda z, k: half_logdet(settings, generator_fn, z, k, with_output=True))(z, keys)
     return 0.5 * d * jnp.log(2 * jnp.pi * jnp.e) + jnp.mean(logdets), x
   x = sample_fake(settings, nets, gen_params, z, eps_key)
   t_joint, t_marginal, scores = _critic_values(settings, nets, critic_params, x, z, mi_key)

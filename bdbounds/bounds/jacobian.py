@@ -70,7 +70,7 @@ def _log_norm(v: jax.Array) -> jax.Array:
 
 
 def logdet_lower_bound(fn: Callable, z: jax.Array, *, key, num_iters: int, k: int = 1,
-                       method: str = "lanczos") -> jax.Array:
+                       method: str = "lanczos", with_output: bool = False):
   """Lower bound on `½ log det(JᵀJ)` from the k smallest singular values of J at z.
 
       ½ log det JᵀJ = Σ_i log s_i ≥ Σ_{i<k} log s_(i) + (d − k + 1) log s_(k)
@@ -79,19 +79,25 @@ def logdet_lower_bound(fn: Callable, z: jax.Array, *, key, num_iters: int, k: in
   Ritz vectors `v_i` are held fixed and `s_(i)` is recomputed as `‖J v_i‖`, so the value is
   the Ritz estimate and the gradient with respect to `z` or to parameters closed over by `fn`
   is the envelope-theorem gradient `u_iᵀ (∂J) v_i / s_i`. An unconverged solve over-states
-  the bound; check `jtj_eigs(...).residuals`.
+  the bound; check `jtj_eigs(...).residuals`. With `with_output`, returns `(bound, fn(z))`,
+  the output taken from the same forward pass (callers that also need `G(z)` save one).
   """
   _, vecs, _ = jtj_eigs(fn, z, key=key, num_iters=num_iters, k=k, method=method)
-  flat_fn = _flat(fn)
-  jv = jax.vmap(lambda v: jax.jvp(flat_fn, (z,), (v,))[1], in_axes=1)(vecs)  # [k, D]
-  log_s = jax.vmap(_log_norm)(jv)
+  out, jv = jax.vmap(lambda v: jax.jvp(fn, (z,), (v,)), in_axes=1, out_axes=(None, 0))(vecs)
+  log_s = jax.vmap(_log_norm)(jv.reshape(k, -1))
   multiplicity = jnp.ones((k,), log_s.dtype).at[-1].set(z.shape[0] - k + 1)
-  return jnp.sum(multiplicity * log_s)
+  bound = jnp.sum(multiplicity * log_s)
+  return (bound, out) if with_output else bound
 
 
-def half_logdet_exact(fn: Callable, z: jax.Array) -> jax.Array:
-  """Dense oracle `½ log det(JᵀJ)` via `jax.jacfwd`; `log |det J|` when J is square."""
-  jac = jax.jacfwd(_flat(fn))(z)
+def half_logdet_exact(fn: Callable, z: jax.Array, *, with_output: bool = False):
+  """Dense oracle `½ log det(JᵀJ)` via `jax.jacfwd`; `log |det J|` when J is square.
+
+  With `with_output`, returns `(value, fn(z))` from the same forward pass.
+  """
+  jac, out = jax.jacfwd(lambda z: (_flat(fn)(z), fn(z)), has_aux=True)(z)
   if jac.shape[0] == jac.shape[1]:
-    return jnp.linalg.slogdet(jac)[1]
-  return 0.5 * jnp.linalg.slogdet(jac.T @ jac)[1]
+    value = jnp.linalg.slogdet(jac)[1]
+  else:
+    value = 0.5 * jnp.linalg.slogdet(jac.T @ jac)[1]
+  return (value, out) if with_output else value

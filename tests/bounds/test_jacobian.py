@@ -86,6 +86,19 @@ def test_linear_generator_gives_exact_logdet():
                              np.log(abs(np.linalg.det(np.asarray(square)))), rtol=1e-12)
 
 
+def test_with_output_returns_the_same_value_and_the_generator_output(conv_case):
+  params, z = conv_case
+  fn = generators.conv_generator(params)
+  value, out = bounds.half_logdet_exact(fn, z, with_output=True)
+  np.testing.assert_allclose(value, bounds.half_logdet_exact(fn, z), rtol=1e-12)
+  np.testing.assert_allclose(out, fn(z), rtol=1e-12)
+  kwargs = dict(key=jax.random.PRNGKey(4), num_iters=8, k=2, method="lanczos")
+  bound, out = bounds.logdet_lower_bound(fn, z, with_output=True, **kwargs)
+  np.testing.assert_allclose(bound, bounds.logdet_lower_bound(fn, z, **kwargs), rtol=1e-12)
+  np.testing.assert_allclose(out, fn(z), rtol=1e-12)
+  assert out.shape == fn(z).shape
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_gradient_is_the_envelope_gradient(mlp_case, method):
   params, z = mlp_case
