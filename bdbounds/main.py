@@ -1,6 +1,7 @@
 """Command line: `python -m bdbounds.main --config=configs/toy.py --workdir=runs/toy`.
 
 Overrides: `--config.bounds.upper=score_matching`; presets: `--config=configs/toy.py:rings,smoke`.
+Several processes or hosts: the same command on each (see launch/ and docs/multihost.md).
 """
 
 import logging
@@ -8,7 +9,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from bdbounds import evaluate, train
+from bdbounds import evaluate, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/toy.py", "Configuration file[:presets].",
                                           lock_config=True)
@@ -21,6 +22,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.getLogger().setLevel(logging.INFO)
+  parallel.initialize_distributed()  # before anything touches JAX; a no-op for a single process
   if _MODE.value == "train":
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   else:
