@@ -1,4 +1,5 @@
-"""Evaluation of a 2-D EBM: exact NLL and KL by quadrature, the bound sandwich, plots.
+"""Evaluation: on 2-D data the exact NLL and KL by quadrature, the bound sandwich and density
+plots; on images the energies, the bound terms and a grid of samples.
 
 Also the loaders that notebooks and external checks use: `load_energy` and `load_generator`.
 """
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bdbounds import checkpointing, metrics, objectives, plotting, writers
+from bdbounds import checkpointing, metrics, objectives, parallel, plotting, writers
 
 MAX_KL_RESOLUTION = 2048
 
@@ -29,12 +30,55 @@ def _sample_generator(exp, params, key, n):
 
 def evaluate_state(config, exp, state, workdir, *, key, writer=None) -> dict:
   """Measure one state; write `eval/<step>.json`, `plots/<step>.png` and eval scalars."""
-  step = int(state.step)
+  evaluate_fn = _evaluate_toy if exp.is_toy else _evaluate_images
+  report, image = evaluate_fn(config, exp, state, key=jax.random.fold_in(key, int(state.step)))
+  if jax.process_index() == 0:
+    step = report["step"]
+    writers.write_json(os.path.join(workdir, "eval", f"{step}.json"), report)
+    plotting.save_png(os.path.join(workdir, "plots", f"{step}.png"), image)
+    if writer is not None:
+      writer.write_scalars(step, {f"eval/{k}": v for k, v in report.items()
+                                  if isinstance(v, (int, float)) and k != "step"})
+      writer.write_images(step, {"eval/plot": image})
+  return report
+
+
+def _bound_terms(exp, state, test, fake, z, key) -> dict:
+  """Energies on data and samples, and the bound terms on the same examples."""
   energy_params, gen_params = state.energy.params, state.generator.params
   energy_fn = _energy_batch_fn(exp, energy_params)
-  test_key, gen_key, bound_key = jax.random.split(jax.random.fold_in(key, step), 3)
+  report = {"energy_data": float(jnp.mean(energy_fn(test))), "energy_fake": float(jnp.mean(energy_fn(fake)))}
+  # The NLL lower bound E_data[E] − E_q[E] + H_lb(q), with fresh latents.
+  critic_params = state.critic.params if state.critic is not None else None
+  entropy, _ = jax.jit(lambda g, c, z, k: objectives.entropy_lower_bound(exp.settings, exp.nets, g, c, z, k))(
+      gen_params, critic_params, z, key)
+  report["entropy_lower_bound"] = float(entropy)
+  report["nll_lower_bound"] = report["energy_data"] - report["energy_fake"] + report["entropy_lower_bound"]
+  penalty = jax.jit(lambda e, g, x, f, z, k: objectives.upper_penalty(exp.settings, exp.nets, e, g, x, f, z, k))(
+      energy_params, gen_params, jnp.asarray(test[: len(fake)]), fake, z, key)
+  report["upper_penalty"] = float(penalty)
+  return report
+
+
+def _evaluate_images(config, exp, state, *, key):
+  """Energies and bound terms on test images and generator samples; a grid of samples."""
+  sample_key, bound_key = jax.random.split(key)
+  n = min(config.eval.num_samples, config.data.num_test, exp.dataset.num_test)
+  test = exp.dataset.test_images(n)
+  fake, z = _sample_generator(exp, state.generator.params, sample_key, n)
+  report = {"step": int(state.step), **_bound_terms(exp, state, test, fake, z, bound_key)}
+  grid_params = state.generator_ema if state.generator_ema is not None else state.generator.params
+  grid, _ = _sample_generator(exp, grid_params, sample_key, config.eval.grid_size)
+  return report, plotting.image_grid(np.asarray(grid), value_range=(-1.0, 1.0))
+
+
+def _evaluate_toy(config, exp, state, *, key):
+  """Exact NLL and KL by adaptive quadrature, the bound sandwich, and density panels."""
+  step = int(state.step)
+  energy_fn = _energy_batch_fn(exp, state.energy.params)
+  test_key, gen_key, bound_key = jax.random.split(key, 3)
   test = np.asarray(exp.dataset.sample(test_key, config.data.num_test))
-  fake, z = _sample_generator(exp, gen_params, gen_key, config.eval.num_samples)
+  fake, z = _sample_generator(exp, state.generator.params, gen_key, config.eval.num_samples)
 
   # log Z on a grid that adapts to the model's mass, starting from the data's box.
   grid = metrics.adaptive_log_partition(energy_fn, test, tol=config.eval.quadrature_tol)
@@ -45,19 +89,9 @@ def evaluate_state(config, exp, state, workdir, *, key, writer=None) -> dict:
       "quadrature_converged": bool(grid.converged),
       "quadrature_resolution": grid.resolution,
       "nll": metrics.nll(energy_fn, test, grid.log_z),
-      "energy_data": float(jnp.mean(energy_fn(test))),
-      "energy_fake": float(jnp.mean(energy_fn(fake))),
+      **_bound_terms(exp, state, test, fake, z, bound_key),
   }
-  # The NLL lower bound E_data[E] − E_q[E] + H_lb(q), with fresh latents.
-  critic_params = state.critic.params if state.critic is not None else None
-  entropy, _ = jax.jit(lambda g, c, z, k: objectives.entropy_lower_bound(exp.settings, exp.nets, g, c, z, k))(
-      gen_params, critic_params, z, bound_key)
-  report["entropy_lower_bound"] = float(entropy)
-  report["nll_lower_bound"] = report["energy_data"] - report["energy_fake"] + report["entropy_lower_bound"]
   report["sandwich_gap"] = report["nll"] - report["nll_lower_bound"]
-  penalty = jax.jit(lambda e, g, x, f, z, k: objectives.upper_penalty(exp.settings, exp.nets, e, g, x, f, z, k))(
-      energy_params, gen_params, jnp.asarray(test[: len(fake)]), fake, z, bound_key)
-  report["upper_penalty"] = float(penalty)
 
   data_log_prob = exp.dataset.log_prob
   panels = []
@@ -81,31 +115,28 @@ def evaluate_state(config, exp, state, workdir, *, key, writer=None) -> dict:
   points = [("data samples", test[: len(fake)])] if data_log_prob is None else []
   points.append(("generator samples", np.asarray(fake)))
 
-  if jax.process_index() == 0:
-    writers.write_json(os.path.join(workdir, "eval", f"{step}.json"), report)
-    image = plotting.plot_density_panels(
-        os.path.join(workdir, "plots", f"{step}.png"), xs=xs, ys=ys, panels=panels, points=points,
-        title=f"{config.data.name} · {config.bounds.lower} + {config.bounds.upper} · step {step}")
-    if writer is not None:
-      writer.write_scalars(step, {f"eval/{k}": v for k, v in report.items()
-                                  if isinstance(v, (int, float)) and k != "step"})
-      writer.write_images(step, {"eval/density": image})
-  return report
+  image = plotting.plot_density_panels(
+      None, xs=xs, ys=ys, panels=panels, points=points,
+      title=f"{config.data.name} · {config.bounds.lower} + {config.bounds.upper} · step {step}")
+  return report, image
 
 
 def format_report(report: dict, workdir: str) -> str:
   """The short end-of-run summary printed to the terminal."""
   r = report
-  lines = [f"step {r['step']}: evaluation of {workdir}",
-           f"  test NLL (exact)      {r['nll']:.4f} nats   log Z = {r['log_z']:.4f} "
-           f"(quadrature error {r['quadrature_error']:.1e}, {r['quadrature_resolution']}² grid)"]
-  if not r["quadrature_converged"]:
-    lines.append("  WARNING: the quadrature did not converge; log Z and the NLL above are not reliable")
-  if "kl_data_model" in r:
-    lines.append(f"  KL(p_data ‖ p_θ)      {r['kl_data_model']:.4f} nats   (data entropy {r['test_entropy']:.4f})")
-  lines += [f"  sandwich              NLL lower bound {r['nll_lower_bound']:.4f} ≤ exact NLL {r['nll']:.4f}"
-            f"   (gap {r['sandwich_gap']:.4f})",
-            f"    E_data[E] {r['energy_data']:.4f}   E_q[E] {r['energy_fake']:.4f}   "
+  lines = [f"step {r['step']}: evaluation of {workdir}"]
+  if "nll" in r:  # 2-D data: exact by quadrature
+    lines.append(f"  test NLL (exact)      {r['nll']:.4f} nats   log Z = {r['log_z']:.4f} "
+                 f"(quadrature error {r['quadrature_error']:.1e}, {r['quadrature_resolution']}² grid)")
+    if not r["quadrature_converged"]:
+      lines.append("  WARNING: the quadrature did not converge; log Z and the NLL above are not reliable")
+    if "kl_data_model" in r:
+      lines.append(f"  KL(p_data ‖ p_θ)      {r['kl_data_model']:.4f} nats   (data entropy {r['test_entropy']:.4f})")
+    lines.append(f"  sandwich              NLL lower bound {r['nll_lower_bound']:.4f} ≤ exact NLL {r['nll']:.4f}"
+                 f"   (gap {r['sandwich_gap']:.4f})")
+  else:
+    lines.append(f"  NLL lower bound       {r['nll_lower_bound']:.4f} nats")
+  lines += [f"    E_data[E] {r['energy_data']:.4f}   E_q[E] {r['energy_fake']:.4f}   "
             f"H_lb(q) {r['entropy_lower_bound']:.4f}   upper-bound penalty {r['upper_penalty']:.4g}",
             f"  plots in {os.path.join(workdir, 'plots')}, numbers in {os.path.join(workdir, 'eval')}"]
   return "\n".join(lines)
@@ -115,7 +146,10 @@ def _restore_state(config, workdir: str, step: int | None):
   """The experiment a config describes, and its saved state (latest step by default)."""
   from bdbounds import train  # train imports this module
   exp = train.build_experiment(config)
-  template = jax.eval_shape(exp.init_state, jax.random.PRNGKey(0))
+  # Replicated over this machine's devices, whatever layout the run was saved from.
+  sharding = parallel.replicated(parallel.create_mesh())
+  template = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                                    jax.eval_shape(exp.init_state, jax.random.PRNGKey(0)))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first with --mode=train")
@@ -131,15 +165,16 @@ def _restore(workdir: str, step: int | None):
 
 
 def load_energy(workdir: str, step: int | None = None):
-  """`x [N, D] -> energies [N]` of the EBM saved in `workdir` (latest step by default)."""
+  """`x [N, ...] -> energies [N]` of the EBM saved in `workdir` (latest step by default)."""
   exp, state = _restore(workdir, step)
   return _energy_batch_fn(exp, state.energy.params)
 
 
 def load_generator(workdir: str, step: int | None = None):
-  """`(key, n) -> samples [n, D]` from the generator saved in `workdir`."""
+  """`(key, n) -> samples [n, ...]` from the generator saved in `workdir` (its EMA if kept)."""
   exp, state = _restore(workdir, step)
-  sample = jax.jit(lambda key, n: _sample_generator(exp, state.generator.params, key, n)[0], static_argnums=1)
+  params = state.generator_ema if state.generator_ema is not None else state.generator.params
+  sample = jax.jit(lambda key, n: _sample_generator(exp, params, key, n)[0], static_argnums=1)
   return sample
 
 

@@ -28,7 +28,7 @@ _CMAP = "viridis"  # perceptually uniform
 
 
 def plot_density_panels(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     *,
     xs: np.ndarray,
     ys: np.ndarray,
@@ -36,7 +36,7 @@ def plot_density_panels(
     points: Sequence[tuple[str, np.ndarray]] = (),
     title: str = "",
 ) -> np.ndarray:
-  """Draws 2-D densities and point clouds side by side and saves a PNG.
+  """Draws 2-D densities and point clouds side by side (and saves a PNG if given a path).
 
   Density panels come first, then point panels, all over the same box so
   they can be compared by eye.
@@ -51,7 +51,7 @@ def plot_density_panels(
   model assigns. Non-finite values (``-inf``, NaN) show as zero density.
 
   Args:
-    path: Where to write the PNG; parent directories are created.
+    path: Where to write the PNG (parent directories are created), or None.
     xs: Increasing x coordinates of the grid columns (cell centres).
     ys: Increasing y coordinates of the grid rows.
     panels: ``(title, log_density)`` pairs.
@@ -100,7 +100,8 @@ def plot_density_panels(
 
   canvas.draw()
   image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-  save_png(path, image)
+  if path is not None:
+    save_png(path, image)
   return image
 
 

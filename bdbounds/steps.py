@@ -52,8 +52,9 @@ def _guarded_update(player: Player, optimizer, loss_fn, network: str):
 
 def make_train_step(settings: objectives.BoundSettings, nets: objectives.Networks,
                     optimizers: dict, *, latent_dim: int, energy_steps: int, generator_steps: int,
-                    shard_batch: Callable = lambda x: x) -> Callable:
-  """Build the step. `shard_batch` constrains per-example arrays to the data axis."""
+                    ema_decay: float = 0.0, shard_batch: Callable = lambda x: x) -> Callable:
+  """Build the step. `shard_batch` constrains per-example arrays to the data axis; with
+  `ema_decay > 0` the state's `generator_ema` follows the generator's parameters."""
   if energy_steps < 1 or generator_steps < 1:
     raise ValueError(f"training.energy_steps={energy_steps} and training.generator_steps={generator_steps} "
                      "must both be at least 1")
@@ -111,8 +112,11 @@ def make_train_step(settings: objectives.BoundSettings, nets: objectives.Network
     })
     if settings.noisy_generator:
       metrics["sigma"] = nets.sigma(generator.params)
+    generator_ema = state.generator_ema
+    if generator_ema is not None:
+      generator_ema = optax.incremental_update(generator.params, generator_ema, 1.0 - ema_decay)
     new_state = state.replace(step=state.step + 1, energy=energy, generator=generator, critic=critic,
-                              skipped_updates=skipped, first_fault=first_fault)
+                              generator_ema=generator_ema, skipped_updates=skipped, first_fault=first_fault)
     return new_state, {f"train/{k}": v for k, v in metrics.items()}
 
   return train_step

@@ -13,9 +13,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from bdbounds import checkpointing, evaluate, objectives, parallel, steps, writers
-from bdbounds.data import get_toy_dataset
-from bdbounds.models import Critic, Energy, Generator, TimeEnergy
+from bdbounds import checkpointing, evaluate, models, objectives, parallel, steps, writers
+from bdbounds.data import IMAGE_DATASETS, TOY_DATASETS, ToyDataset, get_image_dataset, get_toy_dataset
 from bdbounds.state import TrainState, create_player, create_train_state
 
 # Keys that may change when a run is resumed: cadences and the step budget.
@@ -27,9 +26,14 @@ class Experiment(NamedTuple):
   settings: objectives.BoundSettings
   nets: objectives.Networks
   optimizers: dict
-  dataset: Any
+  dataset: Any                 # ToyDataset (2-D, sampled in JAX) or ImageDataset (read by index)
+  data_shape: tuple            # one example's shape
   latent_dim: int
   init_state: Callable[[jax.Array], TrainState]
+
+  @property
+  def is_toy(self) -> bool:
+    return isinstance(self.dataset, ToyDataset)
 
 
 def bound_settings(config) -> objectives.BoundSettings:
@@ -44,51 +48,104 @@ def _optimizer(lr: float, config) -> optax.GradientTransformation:
   return optax.adam(lr, b1=t.b1, b2=t.b2)
 
 
-def build_experiment(config) -> Experiment:
-  settings = bound_settings(config)
+def _dataset(config):
+  """The data set a config names: a 2-D toy density, or images (digits offline; TFDS)."""
+  d = config.data
+  if d.name in TOY_DATASETS:
+    if config.model.arch != "mlp":
+      raise ValueError(f"data.name={d.name!r} is 2-D: use model.arch='mlp', not {config.model.arch!r}")
+    return get_toy_dataset(d.name)
+  if d.name in IMAGE_DATASETS:
+    if config.model.arch == "mlp":
+      raise ValueError(f"data.name={d.name!r} holds images: set model.arch to one of "
+                       f"{sorted(models.IMAGE_ARCHITECTURES)} (the image configs in configs/ do)")
+    return get_image_dataset(d.name, data_dir=d.data_dir, image_size=d.image_size, flip=d.flip)
+  raise ValueError(f"unknown data set data.name={d.name!r}; choose one of {TOY_DATASETS + IMAGE_DATASETS}")
+
+
+def _modules(config, settings, data_shape):
+  """`(energy, generator, critic)` Linen modules; the energy is time-conditioned for the diffusion bound."""
   m = config.model
-  dataset = get_toy_dataset(config.data.name)
+  if m.arch == "mlp":
+    energy = (models.TimeEnergy(m.energy_hidden, m.activation, m.time_frequencies, m.energy_base_std,
+                                m.energy_input_scale) if settings.time_conditioned_energy else
+              models.Energy(m.energy_hidden, m.activation, m.energy_base_std, m.energy_input_scale))
+    generator = models.Generator(m.generator_hidden, data_shape[-1], m.activation, m.sigma_min, m.sigma_max,
+                                 m.sigma_init, m.generator_input_scale)
+    return energy, generator, models.Critic(m.critic_hidden, m.activation)
+  image = models.build_image_networks(
+      m.arch, data_shape, width=m.width, act=m.activation, upsample=m.upsample,
+      critic_hidden=m.critic_hidden, num_frequencies=m.time_frequencies, sigma_min=m.sigma_min,
+      sigma_max=m.sigma_max, sigma_init=m.sigma_init)
+  return (image.time_energy if settings.time_conditioned_energy else image.energy), image.generator, image.critic
+
+
+def build_experiment(config, dataset=None) -> Experiment:
+  """Models, optimisers, losses and data of a config; `dataset` replaces the one it names
+  (benchmarks on synthetic images use this)."""
+  settings = bound_settings(config)
+  dataset = _dataset(config) if dataset is None else dataset
+  data_shape = (2,) if isinstance(dataset, ToyDataset) else tuple(dataset.image_shape)
+  energy_module, generator_module, critic_module = _modules(config, settings, data_shape)
   if settings.time_conditioned_energy:
-    energy_module = TimeEnergy(m.energy_hidden, m.activation, m.time_frequencies, m.energy_base_std,
-                               m.energy_input_scale)
     energy = lambda p, x: energy_module.apply(p, x, 0.0)
     time_energy = energy_module.apply
     energy_init = lambda key, x: energy_module.init(key, x, 0.0)
   else:
-    energy_module = Energy(m.energy_hidden, m.activation, m.energy_base_std, m.energy_input_scale)
     energy, time_energy, energy_init = energy_module.apply, None, energy_module.init
-  generator_module = Generator(m.generator_hidden, 2, m.activation, m.sigma_min, m.sigma_max, m.sigma_init,
-                               m.generator_input_scale)
-  critic_module = Critic(m.critic_hidden, m.activation) if settings.uses_critic else None
+  critic_module = critic_module if settings.uses_critic else None
   nets = objectives.Networks(
       energy=energy, time_energy=time_energy, generator=generator_module.apply,
-      sigma=lambda p: generator_module.apply(p, method=Generator.sigma),
+      sigma=lambda p: generator_module.apply(p, method="sigma"),
       critic=critic_module.apply if critic_module else None)
   t = config.training
   optimizers = {"energy": _optimizer(t.energy_lr, config), "generator": _optimizer(t.generator_lr, config),
                 "critic": _optimizer(t.critic_lr, config)}
+  latent_dim = config.model.latent_dim
 
   def init_state(key):
     k_e, k_g, k_c = jax.random.split(key, 3)
-    x, z = jnp.zeros((2,)), jnp.zeros((m.latent_dim,))
+    x, z = jnp.zeros(data_shape), jnp.zeros((latent_dim,))
     energy_player = create_player(energy_init(k_e, x), optimizers["energy"])
-    generator_player = create_player(generator_module.init(k_g, z), optimizers["generator"])
+    generator_params = generator_module.init(k_g, z)
+    generator_player = create_player(generator_params, optimizers["generator"])
     critic_player = (create_player(critic_module.init(k_c, x, z), optimizers["critic"])
                      if critic_module else None)
-    return create_train_state(energy_player, generator_player, critic_player)
+    # A copy: the state is donated to the step, and one buffer cannot be donated twice.
+    ema = jax.tree_util.tree_map(jnp.copy, generator_params) if t.ema_decay > 0 else None
+    return create_train_state(energy_player, generator_player, critic_player, generator_ema=ema)
 
-  return Experiment(settings, nets, optimizers, dataset, m.latent_dim, init_state)
+  return Experiment(settings, nets, optimizers, dataset, data_shape, latent_dim, init_state)
 
 
-def make_batch_fn(config, dataset) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """`(key, step) -> [energy_steps, B, 2]`: the data position is the step, so resuming is exact."""
+def make_batch_fn(config, exp: Experiment, mesh) -> Callable[[int], jax.Array]:
+  """`step -> [energy_steps, B, ...]`, one global array split over the mesh along B.
+
+  The data position is a pure function of the step (toy data: a key folded with it; images:
+  a seeded order per epoch), so a resumed run sees exactly the batches it would have seen.
+  """
   t = config.training
+  shape = (t.energy_steps, t.batch_size) + exp.data_shape
+  if exp.is_toy:  # every process samples the whole batch (cheap) and keeps its slice
+    data_key = create_keys(config.seed)["data"]
+    sample = jax.jit(lambda step: exp.dataset.sample(jax.random.fold_in(data_key, step),
+                                                     t.energy_steps * t.batch_size).reshape(shape))
+    return lambda step: parallel.shard_global_batch(sample(step), mesh, axis=1)
 
-  @jax.jit
-  def batch_fn(key, step):
-    flat = dataset.sample(jax.random.fold_in(key, step), t.energy_steps * t.batch_size)
-    return flat.reshape(t.energy_steps, t.batch_size, -1)
-  return batch_fn
+  def read(step):  # each process reads only its own examples
+    local = exp.dataset.train_batch(config.seed, step, t.batch_size, num_batches=t.energy_steps,
+                                    process_index=jax.process_index(), process_count=jax.process_count())
+    return parallel.make_global_batch(local, mesh, 1, shape)
+  return read
+
+
+def make_step_fn(config, exp: Experiment, mesh):
+  """The config's train step, jitted over `mesh` with the state donated."""
+  t = config.training
+  return parallel.jit_train_step(steps.make_train_step(
+      exp.settings, exp.nets, exp.optimizers, latent_dim=exp.latent_dim, energy_steps=t.energy_steps,
+      generator_steps=t.generator_steps, ema_decay=t.ema_decay,
+      shard_batch=parallel.make_shard_constraint(mesh)), mesh)
 
 
 def check_workdir_config(config, workdir: str) -> None:
@@ -131,21 +188,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   exp = build_experiment(config)
   mesh = parallel.create_mesh()
   parallel.check_batch_size(config.training.batch_size, mesh)
-  train_step = steps.make_train_step(
-      exp.settings, exp.nets, exp.optimizers, latent_dim=exp.latent_dim,
-      energy_steps=config.training.energy_steps, generator_steps=config.training.generator_steps,
-      shard_batch=parallel.make_shard_constraint(mesh))
-  step_fn = parallel.jit_train_step(train_step, mesh)
+  step_fn = make_step_fn(config, exp, mesh)
 
   keys = create_keys(config.seed)
-  init_key, data_key, train_key, eval_key = keys["init"], keys["data"], keys["train"], keys["eval"]
+  init_key, train_key, eval_key = keys["init"], keys["train"], keys["eval"]
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
   state = jax.device_put(exp.init_state(init_key), parallel.replicated(mesh))
   if ckpt.latest_step() is not None:
     state, _ = ckpt.restore(state)
     logging.info("resumed from step %d", int(state.step))
-  batch_fn = make_batch_fn(config, exp.dataset)
+  batch_fn = make_batch_fn(config, exp, mesh)
   writer = writers.MetricWriter(workdir)
   first_step, num_steps = int(state.step), config.training.num_steps
   report = None
@@ -153,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = _progress(config, first_step, num_steps)
   last_log = time.perf_counter()
   for step in range(first_step, num_steps):
-    batch = jax.device_put(batch_fn(data_key, step), parallel.sharded_along(mesh, 1))
+    batch = batch_fn(step)
     state, metrics = step_fn(state, batch, train_key)
     done = step + 1
     if done % config.log.every_steps == 0 or done == num_steps:

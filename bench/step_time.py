@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # for `configs`
 
-from bdbounds import objectives, parallel, steps, train  # noqa: E402
+from bdbounds import objectives, parallel, train  # noqa: E402
 from configs import toy  # noqa: E402
 
 
@@ -27,14 +27,11 @@ def time_pairing(lower: str, upper: str, num_steps: int, preset: str) -> tuple[f
     config.bounds.lower, config.bounds.upper = lower, upper
   exp = train.build_experiment(config)
   mesh = parallel.create_mesh()
-  step = parallel.jit_train_step(steps.make_train_step(
-      exp.settings, exp.nets, exp.optimizers, latent_dim=exp.latent_dim,
-      energy_steps=config.training.energy_steps, generator_steps=config.training.generator_steps,
-      shard_batch=parallel.make_shard_constraint(mesh)), mesh)
+  step = train.make_step_fn(config, exp, mesh)
   state = jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(mesh))
-  batch_fn = train.make_batch_fn(config, exp.dataset)
+  batch_fn = train.make_batch_fn(config, exp, mesh)
   key = jax.random.PRNGKey(1)
-  batches = [jax.device_put(batch_fn(key, i), parallel.sharded_along(mesh, 1)) for i in range(num_steps + 1)]
+  batches = [batch_fn(i) for i in range(num_steps + 1)]
   start = time.perf_counter()
   state, metrics = step(state, batches[0], key)
   jax.block_until_ready(metrics)

@@ -8,11 +8,17 @@ def get_config():
   c.seed = 0                                   # base PRNG seed: parameters, data order, training noise
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "25gaussians"                  # a 2-D toy density (see bdbounds.data.TOY_DATASETS)
-  c.data.num_test = 20_000                     # held-out samples for the test NLL
+  c.data.name = "25gaussians"                  # a 2-D toy density (bdbounds.data.TOY_DATASETS) or images (IMAGE_DATASETS)
+  c.data.num_test = 20_000                     # held-out examples for the test NLL (images: at most the test split)
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data directory (None: ~/tensorflow_datasets)
+  c.data.image_size = ml_collections.FieldReference(None, field_type=int)  # images: side length (None: the data set's default)
+  c.data.flip = ml_collections.FieldReference(None, field_type=bool)  # images: random horizontal flips (None: the data set's default)
 
   c.model = ml_collections.ConfigDict()
+  c.model.arch = "mlp"                         # mlp (2-D data) | dcgan (images up to 32², or 64²) | resnet (64×64 images)
   c.model.latent_dim = 2                       # generator latent dimension d
+  c.model.width = 64                           # conv models: base channel width
+  c.model.upsample = "nearest"                 # conv generators: nearest | transpose | pixel_shuffle
   c.model.energy_hidden = (100, 100)           # energy MLP hidden widths
   c.model.energy_base_std = 5.0                # std of the Gaussian base term ‖x‖²/(2s²) that keeps exp(−E) normalisable
   c.model.generator_hidden = (100, 100)        # generator MLP hidden widths
@@ -52,11 +58,13 @@ def get_config():
   c.training.b1 = 0.0                          # Adam β1 of every optimiser (0: no momentum, stabler games)
   c.training.b2 = 0.9                          # Adam β2 of every optimiser
   c.training.lr_decay = True                   # cosine decay of every learning rate to 0.05× over the run
+  c.training.ema_decay = 0.0                   # EMA of the generator's parameters, used for sample grids (0: off)
   c.training.on_nonfinite = "stop"             # stop (with a report) | skip (drop the update and count it)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 10_000                  # evaluation cadence (and at the last step)
   c.eval.num_samples = 2_000                   # generator samples per plot and energy statistics
+  c.eval.grid_size = 64                        # images: samples in the PNG grid
   c.eval.quadrature_tol = 1e-3                 # target change of log Z under grid refinement (nats)
 
   c.checkpoint = ml_collections.ConfigDict()

@@ -36,9 +36,9 @@ def test_every_pairing_trains_a_few_finite_steps(lower, upper):
   step = jax.jit(steps.make_train_step(exp.settings, exp.nets, exp.optimizers, latent_dim=exp.latent_dim,
                                        energy_steps=1, generator_steps=1))
   state = exp.init_state(jax.random.PRNGKey(0))
-  batch_fn = train.make_batch_fn(config, exp.dataset)
+  batch_fn = train.make_batch_fn(config, exp, parallel.create_mesh())
   for i in range(3):
-    state, metrics = step(state, batch_fn(jax.random.PRNGKey(1), i), jax.random.PRNGKey(2))
+    state, metrics = step(state, batch_fn(i), jax.random.PRNGKey(2))
   chex.assert_tree_all_finite((params_of(state), metrics))
   assert int(state.step) == 3 and int(state.skipped_updates) == 0
   assert (state.critic is not None) == (lower == "mutual_info")
@@ -93,10 +93,9 @@ def test_train_step_is_traced_once():
       exp.settings, exp.nets, exp.optimizers, latent_dim=exp.latent_dim, energy_steps=1, generator_steps=1))
   step = parallel.jit_train_step(traced, mesh)
   state = jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(mesh))
-  batch_fn = train.make_batch_fn(config, exp.dataset)
+  batch_fn = train.make_batch_fn(config, exp, mesh)
   for i in range(4):
-    batch = jax.device_put(batch_fn(jax.random.PRNGKey(1), i), parallel.sharded_along(mesh, 1))
-    state, _ = step(state, batch, jax.random.PRNGKey(2))
+    state, _ = step(state, batch_fn(i), jax.random.PRNGKey(2))
   assert int(state.step) == 4
 
 

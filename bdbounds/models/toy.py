@@ -1,11 +1,11 @@
 """Small MLPs for 2-D data: energy, generator (optionally noisy), critic, time-conditioned energy."""
 
-import math
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+
+from bdbounds.models.common import clamped_sigma, confinement, sigma_logit
 
 
 class MLP(nn.Module):
@@ -40,11 +40,7 @@ class Energy(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return MLP(self.hidden, 1, self.act, self.input_scale)(x) + _confinement(x, self.base_std)
-
-
-def _confinement(x, base_std):
-  return 0.5 * jnp.sum(jnp.square(x), axis=-1) / base_std**2
+    return MLP(self.hidden, 1, self.act, self.input_scale)(x) + confinement(x, self.base_std)
 
 
 class Generator(nn.Module):
@@ -64,18 +60,14 @@ class Generator(nn.Module):
 
   def setup(self):
     self.net = MLP(self.hidden, self.out, self.act, self.input_scale)
-    frac = (self.sigma_init - self.sigma_min) / (self.sigma_max - self.sigma_min)
-    if not 0.0 < frac < 1.0:
-      raise ValueError(f"sigma_init={self.sigma_init} must lie strictly inside "
-                       f"(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})")
-    logit = math.log(frac) - math.log1p(-frac)
+    logit = sigma_logit(self.sigma_min, self.sigma_max, self.sigma_init)
     self.sigma_logit = self.param("sigma_logit", lambda _: jnp.asarray(logit, jnp.float32))
 
   def __call__(self, z):
     return self.net(z)
 
   def sigma(self):
-    return self.sigma_min + (self.sigma_max - self.sigma_min) * jax.nn.sigmoid(self.sigma_logit)
+    return clamped_sigma(self.sigma_logit, self.sigma_min, self.sigma_max)
 
 
 class Critic(nn.Module):
@@ -101,4 +93,4 @@ class TimeEnergy(nn.Module):
     t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:-1])[..., None]
     freqs = jnp.pi * 2.0 ** jnp.arange(self.num_frequencies, dtype=x.dtype)
     features = jnp.concatenate([x * self.input_scale, t, jnp.sin(freqs * t), jnp.cos(freqs * t)], axis=-1)
-    return MLP(self.hidden, 1, self.act)(features) + _confinement(x, self.base_std)
+    return MLP(self.hidden, 1, self.act)(features) + confinement(x, self.base_std)
