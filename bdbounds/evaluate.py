@@ -69,7 +69,10 @@ def _evaluate_images(config, exp, state, *, key):
   report = {"step": int(state.step), **_bound_terms(exp, state, test, fake, z, bound_key)}
   grid_params = state.generator_ema if state.generator_ema is not None else state.generator.params
   grid, _ = _sample_generator(exp, grid_params, sample_key, config.eval.grid_size)
-  return report, plotting.image_grid(np.asarray(grid), value_range=(-1.0, 1.0))
+  grid = np.asarray(grid)
+  scale = max(1, 32 // grid.shape[1])  # small images are shown at least 32 pixels wide
+  grid = grid.repeat(scale, axis=1).repeat(scale, axis=2)
+  return report, plotting.image_grid(grid, value_range=(-1.0, 1.0))
 
 
 def _evaluate_toy(config, exp, state, *, key):

@@ -16,7 +16,7 @@ from configs import digits
 def digits_config(**bounds):
   config = digits.get_config("smoke")
   with config.unlocked():
-    config.data.image_size = 8  # one up/down-sampling stage: the cheapest conv models to compile
+    config.data.image_size = 8  # one up/down-sampling stage: the cheapest conv models to compile (the default)
     config.bounds.update(bounds)
   return config
 
