@@ -1,4 +1,4 @@
-"""notebooks/quickstart.ipynb runs top to bottom, offline, with a few training steps."""
+"""The notebooks run top to bottom, offline, with a few training steps."""
 
 import json
 import os
@@ -12,8 +12,7 @@ pytest.importorskip("ipykernel", reason="needs ipykernel: pip install -e '.[test
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402  (installed with nbclient)
 from jupyter_client.manager import KernelManager  # noqa: E402
 
-NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks",
-                        "quickstart.ipynb")
+NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
 KERNEL = "bdbounds-test"
 
 
@@ -36,21 +35,42 @@ def kernel_manager(tmp_path):
   return KernelManager(kernel_name=KERNEL, kernel_spec_manager=specs)
 
 
-def test_committed_notebook_has_no_outputs():
-  nb = nbformat.read(NOTEBOOK, as_version=4)
+def execute(name, tmp_path, **params):
+  """The notebook `notebooks/<name>` run in a fresh kernel from its own folder, `params` injected."""
+  path = os.path.join(NOTEBOOKS, name)
+  nb = nbformat.read(path, as_version=4)
+  inject_parameters(nb, **params)
+  client = nbclient.NotebookClient(nb, km=kernel_manager(tmp_path), timeout=600,
+                                   resources={"metadata": {"path": NOTEBOOKS}})
+  client.execute()
+  return nb
+
+
+def png_outputs(nb):
+  return [o for cell in nb.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "images.ipynb"])
+def test_committed_notebook_has_no_outputs(name):
+  nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
   code = [cell for cell in nb.cells if cell.cell_type == "code"]
   assert all(not cell.outputs and cell.execution_count is None for cell in code)
   assert any("parameters" in cell.metadata.get("tags", []) for cell in code)
 
 
 def test_quickstart_runs(tmp_path):
-  nb = nbformat.read(NOTEBOOK, as_version=4)
   workdir = str(tmp_path / "runs")
-  inject_parameters(nb, NUM_STEPS=20, WORKDIR=workdir)
-  client = nbclient.NotebookClient(nb, km=kernel_manager(tmp_path), timeout=600,
-                                   resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}})
-  client.execute()
+  nb = execute("quickstart.ipynb", tmp_path, NUM_STEPS=20, WORKDIR=workdir)
   for run in ("8gaussians-jacobian-latent_fisher", "8gaussians-jacobian-score_matching"):
     assert os.path.exists(os.path.join(workdir, run, "plots", "20.png"))
-  images = [o for cell in nb.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-  assert len(images) >= 3  # the first run's plot, the density beside the samples, the second run's plot
+  assert len(png_outputs(nb)) >= 3  # the first run's plot, the density beside the samples, the second run's plot
+
+
+@pytest.mark.slow  # about 40 s: runs in CI's slow pass
+def test_images_runs(tmp_path):
+  workdir = str(tmp_path / "runs")
+  nb = execute("images.ipynb", tmp_path, PRESET="smoke", NUM_STEPS=4, WORKDIR=workdir)
+  assert os.path.exists(os.path.join(workdir, "digits-smoke", "plots", "4.png"))
+  text = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
+  assert "NLL lower bound" in text
+  assert len(png_outputs(nb)) >= 2  # the saved grid, the fresh grid beside the energy histogram
