@@ -10,7 +10,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from bdbounds import checkpointing, evaluate, models, objectives, parallel, steps, writers

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import pytest
 
-from bdbounds import evaluate, parallel, train
+from bdbounds import evaluate, parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600
