@@ -5,6 +5,8 @@ Several processes or hosts: the same command on each (see launch/ and docs/multi
 """
 
 import logging
+import signal
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -24,7 +26,11 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   parallel.initialize_distributed()  # before anything touches JAX; a no-op for a single process
   if _MODE.value == "train":
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except train.Preempted as e:
+      logging.warning("%s", e)
+      sys.exit(128 + signal.SIGTERM)  # the conventional status of a process ended by SIGTERM
   else:
     evaluate.evaluate(_CONFIG.value, _WORKDIR.value, step=_STEP.value)
 

@@ -4,6 +4,8 @@ import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -11,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.experimental import multihost_utils
 
 from bdbounds import checkpointing, evaluate, models, objectives, parallel, steps, writers
 from bdbounds.data import IMAGE_DATASETS, TOY_DATASETS, ToyDataset, get_image_dataset, get_toy_dataset
@@ -179,6 +182,40 @@ class NonFiniteError(RuntimeError):
   pass
 
 
+class Preempted(RuntimeError):
+  """SIGTERM stopped the run after saving a checkpoint; the same command resumes it."""
+
+
+class _TerminationWatch:
+  """Turns SIGTERM (a scheduler's preemption notice, `kill`) into a flag the loop checks after
+  each step, so the run stops between steps with a checkpoint rather than mid-write.
+
+  Several processes agree on the step through JAX's preemption sync point (the distributed
+  runtime listens for SIGTERM itself); one process uses its own handler.
+  """
+
+  def __init__(self):
+    self._signalled = False
+    self._previous = None
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def _handle(self, signum, frame):
+    self._signalled = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train (resuming from the latest checkpoint in `workdir`), evaluate, and return the last report."""
   os.makedirs(workdir, exist_ok=True)
@@ -204,24 +241,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   progress = _progress(config, first_step, num_steps)
   last_log = time.perf_counter()
-  for step in range(first_step, num_steps):
-    batch = batch_fn(step)
-    state, metrics = step_fn(state, batch, train_key)
-    done = step + 1
-    if done % config.log.every_steps == 0 or done == num_steps:
-      metrics = jax.device_get(metrics)
-      now = time.perf_counter()
-      metrics["train/seconds_per_step"] = (now - last_log) / config.log.every_steps
-      last_log = now
-      writer.write_scalars(done, metrics)
-      _check_finite(config, state, ckpt, workdir)
-      progress.set_postfix(gap=f"{metrics['train/energy_gap']:.3f}",
-                           H=f"{metrics['train/generator/entropy']:.3f}")
-    if done % config.checkpoint.every_steps == 0 or done == num_steps:
-      ckpt.save(done, state)
-    if done % config.eval.every_steps == 0 or done == num_steps:
-      report = evaluate.evaluate_state(config, exp, state, workdir, key=eval_key, writer=writer)
-    progress.update(1)
+  with _TerminationWatch() as termination:
+    for step in range(first_step, num_steps):
+      batch = batch_fn(step)
+      state, metrics = step_fn(state, batch, train_key)
+      done = step + 1
+      if done % config.log.every_steps == 0 or done == num_steps:
+        metrics = jax.device_get(metrics)
+        now = time.perf_counter()
+        metrics["train/seconds_per_step"] = (now - last_log) / config.log.every_steps
+        last_log = now
+        writer.write_scalars(done, metrics)
+        _check_finite(config, state, ckpt, workdir)
+        progress.set_postfix(gap=f"{metrics['train/energy_gap']:.3f}",
+                             H=f"{metrics['train/generator/entropy']:.3f}")
+      stop = termination.should_stop(done)
+      if done % config.checkpoint.every_steps == 0 or done == num_steps or stop:
+        ckpt.save(done, state)
+      if stop:
+        progress.close()
+        ckpt.wait()
+        writer.close()
+        ckpt.close()
+        raise Preempted(f"stopped by SIGTERM after step {done}; its checkpoint is saved in "
+                        f"{os.path.join(workdir, 'checkpoints')}. Run the same command to resume.")
+      if done % config.eval.every_steps == 0 or done == num_steps:
+        report = evaluate.evaluate_state(config, exp, state, workdir, key=eval_key, writer=writer)
+      progress.update(1)
   progress.close()
   ckpt.wait()
   if report is None:  # nothing left to train: evaluate what is there

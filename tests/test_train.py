@@ -3,6 +3,10 @@
 import itertools
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import chex
 import jax
@@ -121,3 +125,35 @@ def test_trained_model_respects_the_sandwich(tmp_path):
   assert report["quadrature_converged"]
   assert report["nll_lower_bound"] <= report["nll"]
   assert report["kl_data_model"] < 1.5  # far better than the untrained model, if not yet good
+
+
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "bdbounds.main", "--config=configs/toy.py:smoke", f"--workdir={workdir}",
+             "--config.training.num_steps=1000000", "--config.checkpoint.every_steps=1000000",
+             "--config.eval.every_steps=1000000", "--config.log.every_steps=5"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.monotonic() + 300
+    while not (workdir / "metrics.jsonl").exists() or not (workdir / "metrics.jsonl").read_text():
+      assert child.poll() is None and time.monotonic() < deadline, child.communicate()[0][-3000:]
+      time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    output, _ = child.communicate(timeout=120)
+  finally:
+    child.kill()
+  assert child.returncode == 128 + signal.SIGTERM, output[-3000:]
+  assert "Run the same command to resume" in output
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and saved[-1] >= 5, saved  # a step between cadences, saved on the signal
+  # The same command (with an attainable budget) picks up from that step.
+  budget = saved[-1] + 3
+  report = train.train_and_evaluate(smoke_config(("training.num_steps", budget), ("checkpoint.every_steps", 1000000),
+                                                 ("eval.every_steps", 1000000), ("log.every_steps", 5)),
+                                    str(workdir))
+  assert report["step"] == budget
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_steps = [line["step"] for line in lines if "train/energy_gap" in line]
+  # Strictly increasing: the resumed run went on from the saved step, it did not start over.
+  assert train_steps == sorted(set(train_steps)) and train_steps[-1] == budget, (saved, train_steps)
