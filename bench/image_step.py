@@ -9,6 +9,7 @@ same script runs on any machine; the models, bounds and step are exactly the tra
 """
 
 import argparse
+import ast
 import importlib.util
 import itertools
 import os
@@ -31,15 +32,17 @@ def load_config(path: str, overrides: list[str]):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config("")
-  with config.unlocked():
-    for item in overrides:
-      key, value = item.split("=", 1)
-      parent, _, leaf = key.rpartition(".")
-      node = config
-      for part in filter(None, parent.split(".")):
-        node = node[part]
-      node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
+  with config.unlocked():  # values as Python literals where they parse, else strings
+    config.update_from_flattened_dict({key: _literal(value) for key, value in
+                                       (item.split("=", 1) for item in overrides)})
   return config
+
+
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 def synthetic_dataset(shape, num=512) -> ImageDataset:

@@ -20,12 +20,7 @@ from configs import toy
 def smoke_config(*overrides, preset="smoke"):
   config = toy.get_config(preset)
   with config.unlocked():
-    for key, value in overrides:
-      parent, _, leaf = key.rpartition(".")
-      node = config
-      for part in parent.split("."):
-        node = node[part]
-      node[leaf] = value
+    config.update_from_flattened_dict(dict(overrides))
   return config
 
 
