@@ -1,10 +1,13 @@
 """Evaluation: on 2-D data the exact NLL and KL by quadrature, the bound sandwich and density
-plots; on images the energies, the bound terms and a grid of samples.
+plots; on images the energies, the bound terms, bits per dimension (diffusion bound), FID, IS,
+precision/recall, and a grid of samples.
 
 Also the loaders that notebooks and external checks use: `load_energy` and `load_generator`.
 """
 
+import functools
 import json
+import logging
 import math
 import os
 
@@ -13,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bdbounds import checkpointing, metrics, objectives, parallel, plotting, writers
+from bdbounds import bounds, checkpointing, feature_nets, metrics, objectives, parallel, plotting, writers
 
 MAX_KL_RESOLUTION = 2048
 
@@ -61,14 +64,98 @@ def _bound_terms(exp, state, test, fake, z, key) -> dict:
   return report
 
 
+def _diffusion_nll(config, exp, state, x, *, key, bin_width=None) -> dict:
+  """The diffusion bound on −log p(x) over the examples `x`: mean nats of each term.
+
+  It bounds the NLL of the diffusion model that the time-conditioned energy defines; with
+  `bin_width` the data are dequantised first, so `bits_per_dim` bounds the discrete images'.
+  """
+  s, energy_params = exp.settings, state.energy.params
+  time_energy = lambda x, t: exp.nets.time_energy(energy_params, x, t)
+
+  def one(x, k):
+    dequantize_key, bound_key = jax.random.split(k)
+    if bin_width is not None:
+      x = metrics.dequantize(x, bin_width, key=dequantize_key)
+    return bounds.diffusion_nll_bound(time_energy, x, key=bound_key, num_t=config.eval.diffusion_num_t,
+                                      gamma_min=s.gamma_min, gamma_max=s.gamma_max)
+
+  terms = feature_nets.batched(jax.vmap(one), config.eval.batch_size)(x, jax.random.split(key, len(x)))
+  report = {f"diffusion_{name}": float(np.mean(t, dtype=np.float64))
+            for name, t in zip(bounds.DiffusionBound._fields, terms)}
+  report["diffusion_nll_bound"] = report.pop("diffusion_total")
+  return report
+
+
+@functools.lru_cache(maxsize=None)
+def _say_once(message: str) -> None:
+  logging.warning("%s", message)
+
+
+def _feature_net(config, exp):
+  """The configured feature network, or None (with one line saying how to enable it)."""
+  e = config.eval
+  if e.feature_net == "digits_classifier":
+    if exp.dataset.name != "digits":
+      raise ValueError(f"eval.feature_net=digits_classifier is trained on digits; {exp.dataset.name} needs "
+                       "eval.feature_net=inception with eval.inception_weights")
+    return feature_nets.digits_classifier_net(exp.data_shape[0], e.batch_size)
+  if e.feature_net != "inception":
+    raise ValueError(f"eval.feature_net={e.feature_net!r}; choose one of {feature_nets.FEATURE_NETS}")
+  if e.inception_weights is None:
+    _say_once("FID, IS and precision/recall skipped: set --config.eval.inception_weights=/path/fid_inception.npz "
+              "(make it with python -m bdbounds.tools.convert_fid_inception; see docs/evaluation.md)")
+    return None
+  return feature_nets.inception_net(e.inception_weights, e.batch_size)
+
+
+def _sample_quality(config, exp, params, *, key) -> dict:
+  """FID and IS of `eval.fid_num_samples` generator samples, k-NN precision/recall and PRD."""
+  net = _feature_net(config, exp)
+  if net is None:
+    return {}
+  e = config.eval
+  reference = feature_nets.reference_features(net, exp.dataset, e.fid_reference, e.fid_num_samples,
+                                              e.pr_num_samples, e.stats_dir)
+  sample = jax.jit(lambda k: _sample_generator(exp, params, k, e.batch_size)[0])
+  features, logits = [], []
+  for i in range(-(-e.fid_num_samples // e.batch_size)):
+    f, lg = net.features(np.asarray(sample(jax.random.fold_in(key, i))))
+    features.append(f)
+    logits.append(lg)
+  features = np.concatenate(features)[:e.fid_num_samples]
+  logits = np.concatenate(logits)[:e.fid_num_samples]
+  mu, sigma = metrics.feature_statistics(features)
+  is_mean, is_std = metrics.inception_score(logits)
+  fake = features[:len(reference["features"])]
+  precision, recall = metrics.precision_recall_knn(reference["features"], fake, k=e.pr_k)
+  f8, f1_8 = metrics.prd_scores(reference["features"], fake)
+  report = {"fid": float(metrics.frechet_distance(mu, sigma, reference["mu"], reference["sigma"])),
+            "inception_score": float(is_mean), "inception_score_std": float(is_std),
+            "precision": float(precision), "recall": float(recall), "prd_f8": float(f8), "prd_f1_8": float(f1_8),
+            "fid_num_samples": len(features), "fid_num_reference": int(reference["num_examples"]),
+            "feature_net": net.name}
+  report.update({f"feature_net_{k}": v for k, v in net.info.items()})
+  return report
+
+
 def _evaluate_images(config, exp, state, *, key):
-  """Energies and bound terms on test images and generator samples; a grid of samples."""
-  sample_key, bound_key = jax.random.split(key)
+  """Energies and bound terms on test images and generator samples; bits per dimension where
+  the energy is time-conditioned; FID, IS and precision/recall; a grid of samples."""
+  sample_key, bound_key, nll_key, quality_key = jax.random.split(key, 4)
   n = min(config.eval.num_samples, config.data.num_test, exp.dataset.num_test)
   test = exp.dataset.test_images(n)
   fake, z = _sample_generator(exp, state.generator.params, sample_key, n)
   report = {"step": int(state.step), **_bound_terms(exp, state, test, fake, z, bound_key)}
+  if exp.settings.time_conditioned_energy:
+    levels = exp.dataset.num_levels
+    width = metrics.bin_width(levels) if levels else None
+    test_all = exp.dataset.test_images(min(config.data.num_test, exp.dataset.num_test))
+    report.update(_diffusion_nll(config, exp, state, test_all, key=nll_key, bin_width=width))
+    report["bits_per_dim"] = float(metrics.bits_per_dim(report["diffusion_nll_bound"], test_all[0].size, width))
+    report["bits_per_dim_examples"] = len(test_all)
   grid_params = state.generator_ema if state.generator_ema is not None else state.generator.params
+  report.update(_sample_quality(config, exp, grid_params, key=quality_key))
   grid, _ = _sample_generator(exp, grid_params, sample_key, config.eval.grid_size)
   grid = np.asarray(grid)
   scale = max(1, 32 // grid.shape[1])  # small images are shown at least 32 pixels wide
@@ -96,6 +183,8 @@ def _evaluate_toy(config, exp, state, *, key):
   }
   report["nll"] = report["energy_data"] + grid.log_z  # mean E on the test set + log Z, exact
   report["sandwich_gap"] = report["nll"] - report["nll_lower_bound"]
+  if exp.settings.time_conditioned_energy:
+    report.update(_diffusion_nll(config, exp, state, test, key=bound_key))
 
   data_log_prob = exp.dataset.log_prob
   panels = []
@@ -140,6 +229,15 @@ def format_report(report: dict, workdir: str) -> str:
                  f"   (gap {r['sandwich_gap']:.4f})")
   else:
     lines.append(f"  NLL lower bound       {r['nll_lower_bound']:.4f} nats")
+  if "diffusion_nll_bound" in r:
+    bpd = f"   = {r['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in r else ""
+    lines.append(f"  diffusion NLL bound   {r['diffusion_nll_bound']:.4f} nats{bpd}   (recon {r['diffusion_recon']:.3g}, "
+                 f"prior {r['diffusion_prior']:.3g}, diffusion {r['diffusion_diffusion']:.4g})")
+  if "fid" in r:
+    lines.append(f"  FID {r['fid']:.3f}   IS {r['inception_score']:.3f} ± {r['inception_score_std']:.3f}   "
+                 f"precision {r['precision']:.3f}   recall {r['recall']:.3f}   PRD F8 {r['prd_f8']:.3f} "
+                 f"F1/8 {r['prd_f1_8']:.3f}   ({r['fid_num_samples']} samples vs {r['fid_num_reference']} "
+                 f"{r['feature_net']} references)")
   lines += [f"    E_data[E] {r['energy_data']:.4f}   E_q[E] {r['energy_fake']:.4f}   "
             f"H_lb(q) {r['entropy_lower_bound']:.4f}   upper-bound penalty {r['upper_penalty']:.4g}",
             f"  plots in {os.path.join(workdir, 'plots')}, numbers in {os.path.join(workdir, 'eval')}"]

@@ -66,6 +66,15 @@ def get_config():
   c.eval.num_samples = 2_000                   # generator samples per plot and energy statistics
   c.eval.grid_size = 64                        # images: samples in the PNG grid
   c.eval.quadrature_tol = 1e-3                 # target change of log Z under grid refinement (nats)
+  c.eval.diffusion_num_t = 16                  # diffusion bound: times per test example for the NLL / bits per dim
+  c.eval.feature_net = "inception"             # images: features for FID/IS/PR: inception | digits_classifier (trained in seconds, offline)
+  c.eval.inception_weights = ml_collections.FieldReference(None, field_type=str)  # .npz from bdbounds.tools.convert_fid_inception; None: FID/IS/PR skipped
+  c.eval.fid_num_samples = 50_000              # images: generator samples for FID, IS and precision/recall
+  c.eval.fid_reference = "train"               # images: reference split for FID (train: the common 50k protocol | test)
+  c.eval.pr_num_samples = 10_000               # images: features per set for k-NN precision/recall and PRD
+  c.eval.pr_k = 3                              # neighbours in the k-NN precision/recall
+  c.eval.stats_dir = ml_collections.FieldReference(None, field_type=str)  # cache of reference statistics (None: ~/.cache/bdbounds)
+  c.eval.batch_size = 500                      # images per batch when sampling, extracting features and bounding NLL
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 2_000             # checkpoint cadence (and at the last step)

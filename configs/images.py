@@ -36,6 +36,9 @@ def get_config(data_name: str, arg: str, *, image_size=None, arch="dcgan", width
       c.eval.every_steps = 3
       c.eval.num_samples = 16
       c.eval.grid_size = 16
+      c.eval.fid_num_samples = 64
+      c.eval.pr_num_samples = 64
+      c.eval.diffusion_num_t = 2
       c.checkpoint.every_steps = 3
       c.log.every_steps = 2
       c.log.progress_bar = False

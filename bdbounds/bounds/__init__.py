@@ -4,7 +4,7 @@ No flax, optax, config or I/O here: callers vmap, reduce and weight (see `object
 Every inequality is derived in docs/bounds.md and checked against closed forms in tests/bounds.
 """
 
-from bdbounds.bounds.diffusion import DiffusionBound, bits_per_dim, diffusion_nll_bound, sample_times
+from bdbounds.bounds.diffusion import DiffusionBound, diffusion_nll_bound, sample_times
 from bdbounds.bounds.gradient_penalty import (laplacian, latent_fisher_penalty, lsi_kl_upper_bound,
                                               r1_penalty, score_matching_term)
 from bdbounds.bounds.jacobian import half_logdet_exact, jtj_eigs, jtj_matvec, logdet_lower_bound
@@ -13,7 +13,7 @@ from bdbounds.bounds.mutual_info import (dv_bound, gaussian_conditional_entropy,
                                          jsd_mi_estimate, mine_dv_surrogate, nwj_bound, update_log_ema)
 
 __all__ = [
-    "DiffusionBound", "EigResult", "bits_per_dim", "diffusion_nll_bound", "dv_bound",
+    "DiffusionBound", "EigResult", "diffusion_nll_bound", "dv_bound",
     "gaussian_conditional_entropy", "half_logdet_exact", "infonce_bound", "jsd_mi_estimate",
     "jtj_eigs", "jtj_matvec", "lanczos_smallest", "laplacian", "latent_fisher_penalty",
     "lobpcg_smallest", "logdet_lower_bound", "lsi_kl_upper_bound", "mine_dv_surrogate",

@@ -81,8 +81,3 @@ def diffusion_nll_bound(energy_fn: Callable, x: jax.Array, *, key, num_t: int = 
   errors = jax.vmap(weighted_error)(times, noises)
   diffusion = 0.5 * (gamma_1 - gamma_0) * jnp.mean(errors)
   return DiffusionBound(recon, prior, diffusion, recon + prior + diffusion)
-
-
-def bits_per_dim(nats, num_dims: int):
-  """Convert a per-example NLL in nats to bits per dimension."""
-  return nats / (num_dims * math.log(2.0))

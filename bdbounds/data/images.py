@@ -60,6 +60,7 @@ __all__ = [
   "preprocess_celeba",
   "CELEBA_CROP_SIZE",
   "DIGITS_NUM_TEST",
+  "digits_labelled",
 ]
 
 DIGITS_NUM_TEST = 300
@@ -102,6 +103,9 @@ class ImageDataset:
     read_train: ``[n] int -> [n, H, W, C]`` float32 training images in [-1, 1].
     read_test: the same for the test split.
     description: one-line summary of source and preprocessing.
+    num_levels: intensity levels of the stored data (256 for 8-bit images, 17 for
+      the digits' 0..16), evenly spaced over [-1, 1]; ``None`` where resampling
+      made the values continuous. Bits per dimension dequantise with it.
   """
 
   name: str
@@ -112,6 +116,7 @@ class ImageDataset:
   read_train: Reader = dataclasses.field(repr=False)
   read_test: Reader = dataclasses.field(repr=False)
   description: str = ""
+  num_levels: int | None = 256
 
   def train_indices(
     self,
@@ -308,12 +313,16 @@ def _pad_mnist(image: np.ndarray, image_size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=3)
-def _digits_arrays(image_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(train, test) float32 ``[n, S, S, 1]`` arrays in [-1, 1], read-only."""
+def digits_labelled(image_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """``(train, train_labels, test, test_labels)`` of the fixed digits split, read-only.
+
+  Images are float32 ``[n, S, S, 1]`` in [-1, 1]; labels are int32 classes 0..9.
+  """
   import sklearn.datasets
   from PIL import Image
 
-  images = sklearn.datasets.load_digits().images.astype(np.float32)  # [1797, 8, 8], 0..16
+  digits = sklearn.datasets.load_digits()
+  images = digits.images.astype(np.float32)  # [1797, 8, 8], 0..16
   if image_size != images.shape[1]:
     images = np.stack(
       [
@@ -323,11 +332,13 @@ def _digits_arrays(image_size: int) -> tuple[np.ndarray, np.ndarray]:
     )
   # Bilinear weights are convex, so the clip only removes float rounding.
   images = np.clip(images / np.float32(8.0) - np.float32(1.0), -1.0, 1.0)[..., None]
+  labels = digits.target.astype(np.int32)
   perm = np.random.default_rng(_DIGITS_SPLIT_SEED).permutation(len(images))
-  test, train = images[perm[:DIGITS_NUM_TEST]], images[perm[DIGITS_NUM_TEST:]]
-  train.setflags(write=False)
-  test.setflags(write=False)
-  return train, test
+  test, train = perm[:DIGITS_NUM_TEST], perm[DIGITS_NUM_TEST:]
+  arrays = (images[train], labels[train], images[test], labels[test])
+  for a in arrays:
+    a.setflags(write=False)
+  return arrays
 
 
 def _array_reader(images: np.ndarray) -> Reader:
@@ -336,7 +347,7 @@ def _array_reader(images: np.ndarray) -> Reader:
 
 
 def _digits(image_size: int, flip: bool) -> ImageDataset:
-  train, test = _digits_arrays(image_size)
+  train, _, test, _ = digits_labelled(image_size)
   return ImageDataset(
     name="digits",
     image_shape=train.shape[1:],
@@ -350,6 +361,7 @@ def _digits(image_size: int, flip: bool) -> ImageDataset:
       + (f", bilinear to {image_size}x{image_size}" if image_size != 8 else "")
       + f", fixed {len(train)}/{len(test)} train/test split"
     ),
+    num_levels=17 if image_size == 8 else None,  # bilinear upsampling leaves the 17 levels
   )
 
 

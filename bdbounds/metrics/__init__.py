@@ -1,5 +1,7 @@
-"""Evaluation metrics for 2-D energy-based models."""
+"""Evaluation metrics: grid quadrature for 2-D energy-based models, bits per dimension of images,
+sample quality on features."""
 
+from bdbounds.metrics.likelihood import bin_width, bits_per_dim, dequantize
 from bdbounds.metrics.quadrature import (
   GridLogZ,
   MonteCarloEstimate,
@@ -10,6 +12,17 @@ from bdbounds.metrics.quadrature import (
   log_density_fn,
   log_partition_on_grid,
   nll,
+)
+from bdbounds.metrics.sample_quality import (
+  feature_statistics,
+  frechet_distance,
+  inception_score,
+  kmeans,
+  prd_curve,
+  prd_f_beta,
+  prd_from_histograms,
+  prd_scores,
+  precision_recall_knn,
 )
 
 __all__ = [
@@ -22,4 +35,16 @@ __all__ = [
   "log_density_fn",
   "log_partition_on_grid",
   "nll",
+  "bin_width",
+  "bits_per_dim",
+  "dequantize",
+  "feature_statistics",
+  "frechet_distance",
+  "inception_score",
+  "kmeans",
+  "prd_curve",
+  "prd_f_beta",
+  "prd_from_histograms",
+  "prd_scores",
+  "precision_recall_knn",
 ]

@@ -88,14 +88,12 @@ def test_mixture_data_bound_exceeds_entropy_and_tightens(x64):
   assert gaps[1] < 4 * errors[1] + 0.01
 
 
-def test_shapes_finiteness_and_bits_per_dim(variant):
+def test_shapes_and_finiteness(variant):
   energy = lambda z, t: 0.5 * jnp.sum(z**2) * (1 + t)
   image = jnp.zeros((4, 4, 3))
   terms = variant(lambda k: bounds.diffusion_nll_bound(energy, image, key=k, num_t=4))(jax.random.PRNGKey(0))
   for term in terms:
     assert term.shape == () and np.isfinite(term)
-  np.testing.assert_allclose(bounds.bits_per_dim(terms.total, 48), terms.total / (48 * math.log(2)),
-                             rtol=1e-6)
   with pytest.raises(ValueError, match="even"):
     bounds.sample_times(jax.random.PRNGKey(0), 3, "antithetic")
   with pytest.raises(ValueError, match="stratified"):
