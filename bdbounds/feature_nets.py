@@ -60,8 +60,8 @@ def inception_net(weights_path: str, batch_size: int) -> FeatureNet:
   """The FID Inception from `weights_path` (a .npz written by bdbounds.tools.convert_fid_inception)."""
   from bdbounds.models import inception
   variables = inception.load_inception_variables(os.path.expanduser(weights_path))
-  fn = inception.make_inception_fn(variables)
-  return FeatureNet("inception", _fingerprint(variables), batched(fn, batch_size), {})
+  features = inception.make_inception_fn(variables, batch_size)
+  return FeatureNet("inception", _fingerprint(variables), features, {})
 
 
 @functools.lru_cache(maxsize=3)

@@ -86,3 +86,26 @@ def test_the_digit_classifier_refuses_other_data(tmp_path):
   exp = train.build_experiment(config)
   with pytest.raises(ValueError, match="inception"):
     evaluate._feature_net(config, exp._replace(dataset=dataclasses.replace(exp.dataset, name="mnist")))
+
+
+def test_inception_weights_of_the_wrong_shape_are_refused_by_name(tmp_path):
+  from bdbounds.models import inception
+  shapes = inception.expected_variable_shapes()
+  arrays = {key: np.zeros(shape, np.float32) for key, shape in shapes.items()}
+  arrays["params/fc/kernel"] = np.zeros((2048, 1000), np.float32)  # an ImageNet-1k head
+  np.savez(tmp_path / "wrong.npz", **arrays)
+  with pytest.raises(inception.InceptionWeightsError, match="params/fc/kernel"):
+    evaluated(tmp_path, upper="none", feature_net="inception", inception_weights=str(tmp_path / "wrong.npz"))
+
+
+@pytest.mark.slow
+def test_inception_features_drive_the_image_metrics(tmp_path):
+  from bdbounds.models import inception
+  module = inception.build_fid_inception()
+  variables = module.init(jax.random.PRNGKey(0), np.zeros((1, 75, 75, 3), np.float32))
+  inception.save_inception_variables(tmp_path / "random.npz", variables)
+  _, _, report = evaluated(tmp_path, upper="none", feature_net="inception", fid_num_samples=24,
+                           pr_num_samples=12, batch_size=12, inception_weights=str(tmp_path / "random.npz"))
+  assert report["feature_net"] == "inception"
+  assert np.isfinite(report["fid"]) and report["fid"] >= 0
+  assert 1.0 <= report["inception_score"] and 0 <= report["precision"] <= 1

@@ -63,13 +63,16 @@ def test_every_other_pairing_trains_on_images(lower, upper):
 
 def test_digits_main_job_writes_samples_and_the_bound_report(tmp_path, capsys):
   workdir = str(tmp_path / "digits")
-  report = train.train_and_evaluate(digits_config(), workdir)
+  config = digits_config()
+  config.eval.stats_dir = str(tmp_path / "stats")  # reference statistics for FID, cached per test
+  report = train.train_and_evaluate(config, workdir)
   for name in ("config.json", "metrics.jsonl", "checkpoints", "plots/3.png", "plots/6.png", "eval/6.json"):
     assert os.path.exists(os.path.join(workdir, name)), name
   with open(os.path.join(workdir, "eval", "6.json")) as f:
     saved = json.load(f)
   assert saved["nll_lower_bound"] == pytest.approx(report["nll_lower_bound"])
-  assert all(np.isfinite(saved[k]) for k in ("energy_data", "energy_fake", "entropy_lower_bound", "upper_penalty"))
+  assert all(np.isfinite(saved[k]) for k in ("energy_data", "energy_fake", "entropy_lower_bound", "upper_penalty",
+                                             "fid", "precision", "recall"))
   assert "NLL lower bound" in capsys.readouterr().out
   samples = evaluate.load_generator(workdir)(jax.random.PRNGKey(0), 5)
   assert samples.shape == (5, 8, 8, 1) and np.all(np.abs(samples) <= 1)

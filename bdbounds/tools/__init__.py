@@ -1,0 +1,1 @@
+"""Command-line tools run once by hand, such as converting published weights."""
