@@ -22,7 +22,10 @@ MAX_KL_RESOLUTION = 2048
 
 
 def _energy_batch_fn(exp, params):
-  return jax.jit(jax.vmap(lambda x: exp.nets.energy(params, x)))
+  # Parameters are an argument, not a constant of the compiled function, so the kernel is the
+  # same for every state (one compilation per run; reusable from a persistent compilation cache).
+  energies = jax.jit(jax.vmap(exp.nets.energy, in_axes=(None, 0)))
+  return lambda x: energies(params, x)
 
 
 def _sample_generator(exp, params, key, n):
@@ -254,7 +257,8 @@ def _restore_state(config, workdir: str, step: int | None):
                                     jax.eval_shape(exp.init_state, jax.random.PRNGKey(0)))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first with --mode=train")
+    raise checkpointing.CheckpointNotFoundError(
+        f"no checkpoint in {workdir}/checkpoints; train first with --mode=train")
   state, _ = ckpt.restore(template, step=step)
   ckpt.close()
   return exp, state

@@ -38,9 +38,17 @@ class Experiment(NamedTuple):
     return isinstance(self.dataset, ToyDataset)
 
 
+class ConfigError(ValueError):
+  """The config (or the workdir it is pointed at) cannot run as given; the message names the key and
+  what to use instead. The command line reports it in one line, without a traceback."""
+
+
 def bound_settings(config) -> objectives.BoundSettings:
   fields = {f.name for f in dataclasses.fields(objectives.BoundSettings)}
-  return objectives.BoundSettings(**{k: v for k, v in config.bounds.items() if k in fields})
+  try:
+    return objectives.BoundSettings(**{k: v for k, v in config.bounds.items() if k in fields})
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
 
 
 def _optimizer(lr: float, config) -> optax.GradientTransformation:
@@ -55,19 +63,24 @@ def _dataset(config):
   d = config.data
   if d.name in TOY_DATASETS:
     if config.model.arch != "mlp":
-      raise ValueError(f"data.name={d.name!r} is 2-D: use model.arch='mlp', not {config.model.arch!r}")
+      raise ConfigError(f"data.name={d.name!r} is 2-D: use model.arch='mlp', not {config.model.arch!r}")
     return get_toy_dataset(d.name)
   if d.name in IMAGE_DATASETS:
     if config.model.arch == "mlp":
-      raise ValueError(f"data.name={d.name!r} holds images: set model.arch to one of "
-                       f"{sorted(models.IMAGE_ARCHITECTURES)} (the image configs in configs/ do)")
+      raise ConfigError(f"data.name={d.name!r} holds images: set model.arch to one of "
+                        f"{sorted(models.IMAGE_ARCHITECTURES)} (the image configs in configs/ do)")
     return get_image_dataset(d.name, data_dir=d.data_dir, image_size=d.image_size, flip=d.flip)
-  raise ValueError(f"unknown data set data.name={d.name!r}; choose one of {TOY_DATASETS + IMAGE_DATASETS}")
+  raise ConfigError(f"unknown data set data.name={d.name!r}; choose one of {TOY_DATASETS + IMAGE_DATASETS}")
 
 
 def _modules(config, settings, data_shape):
   """`(energy, generator, critic)` Linen modules; the energy is time-conditioned for the diffusion bound."""
   m = config.model
+  for name in ("energy_hidden", "generator_hidden", "critic_hidden"):
+    widths = m[name] if isinstance(m[name], (tuple, list)) else (m[name],)
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+      raise ConfigError(f"model.{name}={m[name]!r}: hidden widths are positive integers, e.g. "
+                        f"--config.model.{name}='(100, 100)'")
   if m.arch == "mlp":
     energy = (models.TimeEnergy(m.energy_hidden, m.activation, m.time_frequencies, m.energy_base_std,
                                 m.energy_input_scale) if settings.time_conditioned_energy else
@@ -161,8 +174,8 @@ def check_workdir_config(config, workdir: str) -> None:
                      if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
     if changed:
       details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-      raise ValueError(f"workdir {workdir} holds a run with a different config ({details}). "
-                       f"Use a new --workdir, or delete {path} to start over there.")
+      raise ConfigError(f"workdir {workdir} holds a run with a different config ({details}). "
+                        f"Use a new --workdir, or delete {path} to start over there.")
   writers.write_json(path, json.loads(config.to_json_best_effort()))
 
 
@@ -218,19 +231,24 @@ class _TerminationWatch:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train (resuming from the latest checkpoint in `workdir`), evaluate, and return the last report."""
+  # Everything the config names is checked before the workdir is touched: a typo must not leave
+  # a config.json behind that the corrected command would then be refused for.
+  exp = build_experiment(config)
+  mesh = parallel.create_mesh()
+  try:
+    parallel.check_batch_size(config.training.batch_size, mesh)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  keys = create_keys(config.seed)
+  init_key, train_key, eval_key = keys["init"], keys["train"], keys["eval"]
+  state = jax.device_put(exp.init_state(init_key), parallel.replicated(mesh))
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     check_workdir_config(config, workdir)
-  exp = build_experiment(config)
-  mesh = parallel.create_mesh()
-  parallel.check_batch_size(config.training.batch_size, mesh)
   step_fn = make_step_fn(config, exp, mesh)
 
-  keys = create_keys(config.seed)
-  init_key, train_key, eval_key = keys["init"], keys["train"], keys["eval"]
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
-  state = jax.device_put(exp.init_state(init_key), parallel.replicated(mesh))
   if ckpt.latest_step() is not None:
     state, _ = ckpt.restore(state)
     logging.info("resumed from step %d", int(state.step))

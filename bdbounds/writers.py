@@ -61,7 +61,9 @@ class MetricWriter:
     self._tb = None
     if enabled:
       os.makedirs(self._workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(self._workdir, METRICS_FILE), "a", encoding="utf-8")
+      path = os.path.join(self._workdir, METRICS_FILE)
+      _drop_partial_last_line(path)
+      self._jsonl = open(path, "a", encoding="utf-8")
       self._tb = SummaryWriter(logdir=os.path.join(self._workdir, TENSORBOARD_DIR))
 
   @property
@@ -139,6 +141,18 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _drop_partial_last_line(path: str) -> None:
+  """Cut a last line that a crash left without its newline (full disk, power loss), so that
+  appending after a resume starts a fresh line; the resumed run logs that step again."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if not data.endswith(b"\n"):
+      logger.warning("Dropping the unfinished last line of %s", path)
+      f.truncate(data.rfind(b"\n") + 1)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

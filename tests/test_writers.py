@@ -143,3 +143,12 @@ def test_read_jsonl_tolerates_truncated_last_line(tmp_path, caplog):
   path.write_text('{"step": 1\n{"step": 2}\n')
   with pytest.raises(ValueError, match="line 1"):
     read_jsonl(path)
+
+
+def test_a_writer_reopened_after_a_cut_line_starts_a_clean_one(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "x": 1.0}\n{"step": 2, "x"')  # a crash in the middle of a write
+  with MetricWriter(tmp_path, enabled=True) as writer:
+    writer.write_scalars(2, {"x": 2.0})
+  assert [r["step"] for r in read_jsonl(path)] == [1, 2]
+  assert path.read_text().endswith('"x": 2.0}\n')

@@ -1,0 +1,264 @@
+"""The toy sweep: the collapse definition, run measures, tables and figures on synthetic results,
+and one tiny sweep through the command line, resumed."""
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bdbounds.experiments import toy_sweep
+
+
+def fake_result(dataset, lower, upper, seed, *, kl=0.3, entropy=2.8, reference_nll=4.2, error=None,
+                num_steps=100, seconds_per_step=0.004):
+  """A result as a run would write it: KL and entropy make the NLL, the reference decides collapse."""
+  spec = toy_sweep.RunSpec(dataset, lower, upper, seed)
+  report = None if error else {"nll": entropy + kl, "kl_data_model": kl, "test_entropy": entropy,
+                               "nll_lower_bound": entropy + kl - 1.0, "sandwich_gap": 1.0,
+                               "quadrature_converged": True, "log_z": 0.0}
+  steps = range(10, num_steps + 1, 10) if not error else range(10, num_steps // 2, 10)
+  records = [{"step": s, "train/energy_gap": 0.1 * seed - s / num_steps,
+              "train/seconds_per_step": 1.0 if s == 10 else seconds_per_step} for s in steps]
+  return toy_sweep.summarize_run(spec, num_steps=num_steps, report=report, records=records, error=error,
+                                 wall_s=12.0, reference_nll=reference_nll)
+
+
+def synthetic_results():
+  return [
+      fake_result("8gaussians", "jacobian", "none", 0, kl=0.2),
+      fake_result("8gaussians", "jacobian", "none", 1, kl=0.4),
+      fake_result("8gaussians", "jacobian", "r1", 0, error="NonFiniteError: non-finite loss at energy/penalty"),
+      fake_result("8gaussians", "jacobian", "r1", 1, kl=1.9),  # NLL 4.7 ≥ 4.2: collapsed
+      fake_result("rings", "mutual_info", "diffusion", 0, kl=0.5, entropy=2.6, reference_nll=3.6),
+  ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Collapse
+
+
+def test_collapse_reference_is_the_nll_of_the_moment_matched_gaussian():
+  cov = np.array([[2.0, 0.3], [0.3, 0.5]])
+  x = np.random.default_rng(0).multivariate_normal([1.0, -2.0], cov, size=200_000)
+  mean, fit = x.mean(0), np.cov(x.T, bias=True)  # the maximum-likelihood Gaussian
+  d = x - mean
+  quadratic = 0.5 * np.einsum("ni,ij,nj->n", d, np.linalg.inv(fit), d)
+  nll = np.mean(quadratic) + 0.5 * np.linalg.slogdet(2 * np.pi * fit)[1]
+  assert toy_sweep.gaussian_reference_nll(fit) == pytest.approx(nll, abs=1e-6)
+  assert toy_sweep.gaussian_reference_nll(np.eye(2)) == pytest.approx(math.log(2 * math.pi * math.e))
+  with pytest.raises(ValueError, match="singular"):
+    toy_sweep.gaussian_reference_nll(np.zeros((2, 2)))
+
+
+def test_collapsed_means_no_better_than_the_gaussian_and_excludes_diverged():
+  assert toy_sweep.is_collapsed(4.2, 4.2) and toy_sweep.is_collapsed(5.0, 4.2)
+  assert not toy_sweep.is_collapsed(4.19, 4.2)
+  good = fake_result("moons", "jacobian", "r1", 0, kl=0.3)
+  collapsed = fake_result("moons", "jacobian", "r1", 0, kl=1.5)  # NLL 4.3 ≥ 4.2
+  assert (good["status"], good["converged"], good["collapsed"]) == ("converged", True, False)
+  assert (collapsed["status"], collapsed["converged"], collapsed["collapsed"]) == ("collapsed", False, True)
+  diverged = fake_result("moons", "jacobian", "r1", 0, error="NonFiniteError: nan")
+  assert (diverged["status"], diverged["diverged"], diverged["collapsed"]) == ("diverged", True, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measures of one run
+
+
+def test_summarize_run_reads_the_records_and_flags_non_finite_evaluations():
+  spec = toy_sweep.RunSpec("rings", "jacobian", "latent_fisher", 2)
+  records = [{"step": 5, "train/energy_gap": 0.5, "train/seconds_per_step": 2.0},  # compilation
+             {"step": 10, "train/energy_gap": 0.1, "train/seconds_per_step": 0.003},
+             {"step": 10, "train/energy_gap": 0.2, "train/seconds_per_step": 0.005},  # a resumed duplicate
+             {"step": 15, "train/energy_gap": -0.1, "train/seconds_per_step": 0.004},
+             {"step": 15, "eval/nll": 3.0}]  # evaluation scalars share the step
+  report = {"nll": 3.0, "kl_data_model": 0.4, "sandwich_gap": 0.7, "nll_lower_bound": 2.3,
+            "test_entropy": 2.6, "quadrature_converged": True}
+  r = toy_sweep.summarize_run(spec, num_steps=15, report=report, records=records, error=None, wall_s=3.0,
+                              reference_nll=3.6)
+  assert r["energy_gap_curve"] == {"step": [5, 10, 15], "energy_gap": [0.5, 0.2, -0.1]}
+  assert r["seconds_per_step"] == pytest.approx(0.0045)  # the first record (compilation) left out
+  assert (r["status"], r["last_step"], r["nll"], r["sandwich_gap"]) == ("converged", 15, 3.0, 0.7)
+  json.dumps(r, allow_nan=False)  # strict JSON: no NaN sneaks into result.json
+
+  nan = toy_sweep.summarize_run(spec, num_steps=15, report={**report, "kl_data_model": float("nan")},
+                                records=records, error=None, wall_s=3.0, reference_nll=3.6)
+  assert nan["diverged"] and nan["kl_data_model"] is None and "kl_data_model=nan" in nan["error"]
+
+
+def test_run_overrides_and_config():
+  spec = toy_sweep.RunSpec("moons", "mutual_info", "r1", 1)
+  o = toy_sweep.run_overrides(spec, 2000, {"log.every_steps": 7})
+  assert o["log.every_steps"] == 7 and o["eval.every_steps"] == o["checkpoint.every_steps"] == 2000
+  assert toy_sweep.run_overrides(spec, 2000)["log.every_steps"] == 2000 // toy_sweep.CURVE_POINTS
+  config = toy_sweep.create_config(spec, 300, {"bounds.upper_weight": 0.5})
+  assert (config.seed, config.data.name) == (1, "moons")
+  assert (config.bounds.lower, config.bounds.upper) == ("mutual_info", "r1")
+  assert config.training.num_steps == 300 and config.bounds.upper_weight == 0.5 and not config.log.progress_bar
+  with pytest.raises(ValueError, match="unknown config keys"):
+    toy_sweep.create_config(spec, 300, {"training.num_stepz": 3})
+  assert spec.run_dir("w") == os.path.join("w", "moons", "mutual_info+r1", "seed1")
+
+
+def test_command_line_parsing():
+  quick = toy_sweep.parse_args(["--workdir=w", "--quick"])
+  assert quick.datasets == list(toy_sweep.QUICK_DATASETS) and quick.seeds == toy_sweep.QUICK_SEEDS
+  assert quick.num_steps == toy_sweep.QUICK_STEPS and len(quick.pairs) == 15
+  args = toy_sweep.parse_args(["--workdir=w", "--quick", "--seeds=1", "--pairs=jacobian:none,mutual_info:diffusion",
+                               "--set", "training.batch_size=100", "--set", "bounds.mi_estimator=nwj"])
+  assert args.seeds == 1 and args.pairs == [("jacobian", "none"), ("mutual_info", "diffusion")]
+  assert args.overrides == {"training.batch_size": 100, "bounds.mi_estimator": "nwj"}
+  full = toy_sweep.parse_args(["--workdir=w"])
+  assert full.seeds == 3 and len(full.datasets) == 9 and full.num_steps == 30_000
+  assert len(toy_sweep.create_runs(full.datasets, full.pairs, full.seeds)) == 405
+  for bad in (["--pairs=jacobian:gp"], ["--datasets=ringz"], ["--set=seed=3"], ["--set=nokey"], ["--seeds=0"]):
+    with pytest.raises(SystemExit):
+      toy_sweep.parse_args(["--workdir=w", *bad])
+
+
+def test_a_run_that_raises_is_recorded_as_diverged_and_a_stopped_one_is_not(tmp_path, monkeypatch):
+  from bdbounds import train, writers
+
+  def fails_at_step_7(config, workdir):
+    with writers.MetricWriter(workdir) as w:
+      for step in (5, 7):
+        w.write_scalars(step, {"train/energy_gap": 0.1, "train/seconds_per_step": 0.01})
+    raise train.NonFiniteError("non-finite loss or gradient at energy/penalty, step 7")
+
+  monkeypatch.setattr(train, "train_and_evaluate", fails_at_step_7)
+  spec = toy_sweep.RunSpec("moons", "jacobian", "r1", 0)
+  result = toy_sweep.run_one(spec, str(tmp_path), 10)
+  assert (result["status"], result["last_step"]) == ("diverged", 7)
+  assert result["error"] == "NonFiniteError: non-finite loss or gradient at energy/penalty, step 7"
+  on_disk = json.loads(open(os.path.join(spec.run_dir(str(tmp_path)), toy_sweep.RESULT_FILE)).read())
+  assert on_disk["status"] == "diverged" and on_disk["energy_gap_curve"]["step"] == [5, 7]
+
+  def stopped(config, workdir):
+    raise train.Preempted("stopped by SIGTERM")
+
+  monkeypatch.setattr(train, "train_and_evaluate", stopped)
+  other = toy_sweep.RunSpec("moons", "jacobian", "r1", 1)
+  with pytest.raises(train.Preempted):  # resumed from its checkpoint next time, not recorded
+    toy_sweep.run_one(other, str(tmp_path), 10)
+  assert not os.path.exists(os.path.join(other.run_dir(str(tmp_path)), toy_sweep.RESULT_FILE))
+
+  if hasattr(train, "ConfigError"):  # a config the trainer refuses would fail every run alike: not a result
+    def refuses(config, workdir):
+      raise train.ConfigError("model.energy_hidden='100': hidden widths are positive integers")
+
+    monkeypatch.setattr(train, "train_and_evaluate", refuses)
+    with pytest.raises(train.ConfigError):
+      toy_sweep.run_one(other, str(tmp_path), 10)
+
+
+def test_sweep_settings_are_fixed_once_a_run_has_a_result(tmp_path):
+  workdir = str(tmp_path)
+  toy_sweep.check_sweep_settings(workdir, {"num_steps": 10, "overrides": {"model.energy_hidden": (0,)}})
+  settings = {"num_steps": 20, "overrides": {"model.energy_hidden": (8, 8)}}
+  toy_sweep.check_sweep_settings(workdir, settings)  # no results yet: a corrected command is welcome
+  toy_sweep.check_sweep_settings(workdir, settings)
+  run_dir = toy_sweep.RunSpec("moons", "jacobian", "r1", 0).run_dir(workdir)
+  os.makedirs(run_dir)
+  open(os.path.join(run_dir, toy_sweep.RESULT_FILE), "w").write("{}")
+  toy_sweep.check_sweep_settings(workdir, settings)
+  with pytest.raises(SystemExit, match="other settings"):
+    toy_sweep.check_sweep_settings(workdir, {**settings, "num_steps": 30})
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and figures
+
+
+def test_aggregate_on_synthetic_results():
+  rows = {(r["dataset"], r["lower"], r["upper"]): r for r in toy_sweep.aggregate(synthetic_results())}
+  assert list(rows) == [("8gaussians", "jacobian", "none"), ("8gaussians", "jacobian", "r1"),
+                        ("rings", "mutual_info", "diffusion")]
+  none = rows[("8gaussians", "jacobian", "none")]
+  assert none["kl_data_model_mean"] == pytest.approx(0.3)
+  assert none["kl_data_model_std"] == pytest.approx(0.1 * math.sqrt(2))
+  assert (none["runs"], none["converged"], none["ms_per_step"]) == (2, 2, pytest.approx(4.0))
+  r1 = rows[("8gaussians", "jacobian", "r1")]
+  assert (r1["runs"], r1["converged"], r1["diverged"], r1["collapsed"]) == (2, 0, 1, 1)
+  assert r1["kl_data_model_mean"] == pytest.approx(1.9)
+  assert r1["kl_data_model_std"] is None  # one value: the diverged seed has no KL
+  assert toy_sweep.stability(synthetic_results()) == {
+      "8gaussians": {"none": (2, 2), "r1": (0, 2)}, "rings": {"diffusion": (1, 1)}}
+
+
+def test_markdown_and_csv_on_synthetic_results():
+  results = synthetic_results()
+  md = toy_sweep.results_markdown(results)
+  assert "5 runs (3 converged, 1 collapsed, 1 diverged)" in md
+  assert "| jacobian | none | 0.300 ± 0.141 | 3.100 ± 0.141 | 1.000 ± 0.000 | 2/2 | 4.00 |" in md
+  assert "| jacobian | r1 | 1.900 | 4.700 | 1.000 | 0/2 (1 diverged, 1 collapsed) | 4.00 |" in md
+  assert "collapse threshold: NLL ≥ 4.200 (KL ≥ 1.400; data entropy 2.800)" in md
+  assert "| 8gaussians | 2/2 | 0/2 | — |" in md  # stability: none, r1, diffusion
+  assert "| **all** | **2/2 (100 %)** | **0/2 (0 %)** | **1/1 (100 %)** |" in md
+  assert "| 8gaussians | jacobian+r1 | 0 | 40 | NonFiniteError: non-finite loss at energy/penalty |" in md
+  rows = list(csv.DictReader(io.StringIO(toy_sweep.results_csv(results))))
+  assert [r["status"] for r in rows] == ["converged", "converged", "diverged", "collapsed", "converged"]
+  assert rows[2]["nll"] == "" and rows[2]["error"].startswith("NonFiniteError")
+  assert float(rows[0]["kl_data_model"]) == pytest.approx(0.2)
+  assert toy_sweep.results_markdown([]).startswith("# Toy sweep")
+
+
+def test_figures_from_synthetic_results(tmp_path):
+  results = synthetic_results()
+  # A density grid for one run; the others show as missing or diverged panels.
+  run_dir = toy_sweep.RunSpec("8gaussians", "jacobian", "none", 0).run_dir(str(tmp_path))
+  os.makedirs(run_dir)
+  xs = ys = np.linspace(-3, 3, 16)
+  logp = -0.5 * (xs[None] ** 2 + ys[:, None] ** 2)
+  np.savez(os.path.join(run_dir, toy_sweep.DENSITY_FILE), xs=xs, ys=ys, model_log_density=logp,
+           data_log_density=logp)
+  toy_sweep.plot_densities(results, str(tmp_path), str(tmp_path / "d.png"))
+  toy_sweep.plot_energy_gap(results, str(tmp_path / "g.png"))
+  assert (tmp_path / "d.png").stat().st_size > 1000 and (tmp_path / "g.png").stat().st_size > 1000
+  steps, gap = toy_sweep.mean_curves(results)[("8gaussians", "jacobian", "none")]
+  assert steps[-1] == 100 and gap[-1] == pytest.approx(0.05 - 1.0)  # mean of seeds 0 and 1
+  assert steps.tolist() == toy_sweep.mean_curves(results)[("8gaussians", "jacobian", "r1")][0].tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_tiny_sweep_end_to_end_then_resumed(tmp_path):
+  workdir = tmp_path / "sweep"
+  argv = [f"--workdir={workdir}", "--datasets=8gaussians", "--pairs=jacobian:none,jacobian_exact:none", "--seeds=1",
+          "--num_steps=10", "--processes=1", "--set=training.batch_size=32", "--set=eval.num_samples=256",
+          "--set=eval.quadrature_tol=0.01", "--set=data.num_test=2000",
+          # One narrow hidden layer: less to compile, which is most of this test's time.
+          "--set=model.energy_hidden=(16,)", "--set=model.generator_hidden=(16,)"]
+  done = subprocess.run([sys.executable, "-m", "bdbounds.experiments.toy_sweep", *argv],
+                        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  for name in ("results.csv", "results.md", "densities.png", "energy_gap.png", "sweep.json"):
+    assert (workdir / name).exists(), name
+  rows = list(csv.DictReader(open(workdir / "results.csv")))
+  assert [(r["lower"], r["upper"]) for r in rows] == [("jacobian", "none"), ("jacobian_exact", "none")]
+  assert all(r["status"] in ("converged", "collapsed") and math.isfinite(float(r["nll"])) for r in rows)
+  result_files = sorted(workdir.glob("8gaussians/*/seed0/result.json"))
+  assert len(result_files) == 2
+  result = json.loads(result_files[0].read_text())
+  assert result["energy_gap_curve"]["step"] == list(range(1, 11)) and result["seconds_per_step"] > 0
+  with np.load(result_files[0].parent / toy_sweep.DENSITY_FILE) as f:
+    assert f["model_log_density"].shape == (toy_sweep.DENSITY_RESOLUTION,) * 2
+
+  # The same command again trains nothing (no worker starts) and rebuilds the tables.
+  mtimes = [p.stat().st_mtime_ns for p in result_files]
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    results = toy_sweep.main(argv)
+  assert "2 runs selected, 2 already done, 0 to train" in out.getvalue()
+  assert len(results) == 2 and [p.stat().st_mtime_ns for p in result_files] == mtimes
+  # Another step budget in the same workdir is refused.
+  with pytest.raises(SystemExit, match="other settings"):
+    toy_sweep.main([a if not a.startswith("--num_steps") else "--num_steps=20" for a in argv])
