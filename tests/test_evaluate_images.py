@@ -29,6 +29,7 @@ def evaluated(tmp_path, upper="diffusion", **eval_overrides):
   return config, exp, report
 
 
+@pytest.mark.slow  # compiles the conv diffusion bound and trains the digit classifier: about a minute
 def test_digits_evaluation_reports_bits_per_dim_and_sample_quality(tmp_path):
   config, exp, report = evaluated(tmp_path)
   # The diffusion bound on all 300 test digits (17 levels), in nats and bits per dimension.

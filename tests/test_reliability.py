@@ -228,6 +228,7 @@ def smoke_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow  # three toy runs: about a minute on 2 CPU cores
 def test_the_same_seed_repeats_a_run_and_another_seed_does_not(tmp_path, smoke_run):
   again, other = tmp_path / "again", tmp_path / "other_seed"
   train.train_and_evaluate(smoke_config(*SHORT), str(again))

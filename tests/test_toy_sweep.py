@@ -230,6 +230,7 @@ def test_figures_from_synthetic_results(tmp_path):
 # End to end
 
 
+@pytest.mark.slow  # a real sweep in a subprocess: 30-40 s, mostly compilation
 def test_tiny_sweep_end_to_end_then_resumed(tmp_path):
   workdir = tmp_path / "sweep"
   argv = [f"--workdir={workdir}", "--datasets=8gaussians", "--pairs=jacobian:none,jacobian_exact:none", "--seeds=1",
