@@ -95,9 +95,18 @@ def _say_once(message: str) -> None:
   logging.warning("%s", message)
 
 
+def check_config(config, exp) -> None:
+  """Fail before training, not at the first evaluation hours later: the feature network is
+  built (and cached) now, so a bad name, protocol or Inception weights file stops the run."""
+  if not exp.is_toy:
+    _feature_net(config, exp)
+
+
 def _feature_net(config, exp):
   """The configured feature network, or None (with one line saying how to enable it)."""
   e = config.eval
+  if e.fid_reference not in ("train", "test"):
+    raise ValueError(f"eval.fid_reference={e.fid_reference!r}; choose train or test")
   if e.feature_net == "digits_classifier":
     if exp.dataset.name != "digits":
       raise ValueError(f"eval.feature_net=digits_classifier is trained on digits; {exp.dataset.name} needs "

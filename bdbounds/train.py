@@ -237,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.create_mesh()
   try:
     parallel.check_batch_size(config.training.batch_size, mesh)
-  except ValueError as e:
+    evaluate.check_config(config, exp)
+  except ValueError as e:  # including Inception weights of the wrong shape
     raise ConfigError(str(e)) from e
   keys = create_keys(config.seed)
   init_key, train_key, eval_key = keys["init"], keys["train"], keys["eval"]

@@ -99,6 +99,22 @@ def test_inception_weights_of_the_wrong_shape_are_refused_by_name(tmp_path):
     evaluated(tmp_path, upper="none", feature_net="inception", inception_weights=str(tmp_path / "wrong.npz"))
 
 
+def test_bad_evaluation_settings_stop_a_run_before_it_starts(tmp_path):
+  from bdbounds.models import inception
+  arrays = {key: np.zeros(shape, np.float32) for key, shape in inception.expected_variable_shapes().items()}
+  arrays["params/fc/kernel"] = np.zeros((2048, 1000), np.float32)
+  np.savez(tmp_path / "wrong.npz", **arrays)
+  for key, value, match in (("inception_weights", str(tmp_path / "wrong.npz"), "params/fc/kernel"),
+                            ("fid_reference", "validation", "fid_reference"),
+                            ("feature_net", "vgg", "feature_net")):
+    config = digits.get_config("smoke")
+    config.eval.feature_net = "inception"
+    config.eval[key] = value
+    with pytest.raises(train.ConfigError, match=match):
+      train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # nothing written: the corrected command starts clean
+
+
 @pytest.mark.slow
 def test_inception_features_drive_the_image_metrics(tmp_path):
   from bdbounds.models import inception
