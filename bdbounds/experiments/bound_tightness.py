@@ -57,9 +57,7 @@ seconds (mutual_info); fold_fraction and ms_exact_entropy (jacobian*); upper_wei
 """
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -74,6 +72,7 @@ import numpy as np
 
 from bdbounds import evaluate, objectives
 from bdbounds.data import TOY_DATASETS
+from bdbounds.experiments import csv_text
 
 RESULT_FILE = "result.json"  # written by toy_sweep.run_one
 PAIRINGS = tuple((lower, upper) for lower in objectives.LOWER_BOUNDS for upper in objectives.UPPER_BOUNDS)
@@ -478,12 +477,7 @@ def results_markdown(rows: Sequence[Mapping], skipped: Sequence = (), *, sweep: 
 
 
 def results_csv(rows: Sequence[Mapping]) -> str:
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-  writer.writeheader()
-  for r in sorted(rows, key=_sort_key):
-    writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in CSV_COLUMNS})
-  return buffer.getvalue()
+  return csv_text(sorted(rows, key=_sort_key), CSV_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,10 +86,8 @@ import ast
 import collections
 import concurrent.futures
 import contextlib
-import csv
 import dataclasses
 import functools
-import io
 import itertools
 import json
 import math
@@ -104,6 +102,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from bdbounds.data import TOY_DATASETS
+from bdbounds.experiments import csv_text
 from bdbounds.objectives import LOWER_BOUNDS, UPPER_BOUNDS
 
 PAIRINGS = tuple(itertools.product(LOWER_BOUNDS, UPPER_BOUNDS))
@@ -612,12 +611,7 @@ def results_csv(results: Sequence[Mapping]) -> str:
   """One row per run, in table order; missing values empty."""
   datasets, pairs = _order(results)
   key = lambda r: (datasets.index(r["dataset"]), pairs.index((r["lower"], r["upper"])), r["seed"])
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-  writer.writeheader()
-  for r in sorted(results, key=key):
-    writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in CSV_COLUMNS})
-  return buffer.getvalue()
+  return csv_text(sorted(results, key=key), CSV_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------
