@@ -105,8 +105,7 @@ def check_config(config, exp) -> None:
 def _feature_net(config, exp):
   """The configured feature network, or None (with one line saying how to enable it)."""
   e = config.eval
-  if e.fid_reference not in ("train", "test"):
-    raise ValueError(f"eval.fid_reference={e.fid_reference!r}; choose train or test")
+  feature_nets.check_reference_split(e.fid_reference)
   if e.feature_net == "digits_classifier":
     if exp.dataset.name != "digits":
       raise ValueError(f"eval.feature_net=digits_classifier is trained on digits; {exp.dataset.name} needs "
@@ -155,14 +154,16 @@ def _evaluate_images(config, exp, state, *, key):
   """Energies and bound terms on test images and generator samples; bits per dimension where
   the energy is time-conditioned; FID, IS and precision/recall; a grid of samples."""
   sample_key, bound_key, nll_key, quality_key = jax.random.split(key, 4)
-  n = min(config.eval.num_samples, config.data.num_test, exp.dataset.num_test)
-  test = exp.dataset.test_images(n)
+  num_test = min(config.data.num_test, exp.dataset.num_test)
+  n = min(config.eval.num_samples, num_test)
+  # Bits per dimension need the whole test set; the energy statistics only its first n images.
+  test_all = exp.dataset.test_images(num_test if exp.settings.time_conditioned_energy else n)
+  test = test_all[:n]
   fake, z = _sample_generator(exp, state.generator.params, sample_key, n)
   report = {"step": int(state.step), **_bound_terms(exp, state, test, fake, z, bound_key)}
   if exp.settings.time_conditioned_energy:
     levels = exp.dataset.num_levels
     width = metrics.bin_width(levels) if levels else None
-    test_all = exp.dataset.test_images(min(config.data.num_test, exp.dataset.num_test))
     report.update(_diffusion_nll(config, exp, state, test_all, key=nll_key, bin_width=width))
     report["bits_per_dim"] = float(metrics.bits_per_dim(report["diffusion_nll_bound"], test_all[0].size, width))
     report["bits_per_dim_examples"] = len(test_all)
@@ -273,10 +274,14 @@ def _restore_state(config, workdir: str, step: int | None):
   return exp, state
 
 
-def _restore(workdir: str, step: int | None):
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was started with (its `config.json`)."""
   with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  return _restore_state(config, workdir, step)
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _restore(workdir: str, step: int | None):
+  return _restore_state(load_config(workdir), workdir, step)
 
 
 def load_energy(workdir: str, step: int | None = None):

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bdbounds import writers
+
 FEATURE_NETS = ("inception", "digits_classifier")
 
 
@@ -93,6 +95,11 @@ def digits_classifier_net(image_size: int, batch_size: int, *, seed: int = 0, nu
   return FeatureNet("digits_classifier", _fingerprint(params), features, {"test_accuracy": accuracy})
 
 
+def check_reference_split(split: str) -> None:
+  if split not in ("train", "test"):
+    raise ValueError(f"eval.fid_reference={split!r}; choose train or test")
+
+
 def default_stats_dir() -> str:
   return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bdbounds")
 
@@ -106,8 +113,7 @@ def reference_features(net: FeatureNet, dataset, split: str, num_examples: int, 
   fingerprint, so a different network or protocol never reuses stale statistics.
   """
   from bdbounds.metrics import feature_statistics  # metrics imports no networks; keep it one-way
-  if split not in ("train", "test"):
-    raise ValueError(f"eval.fid_reference={split!r}; choose train or test")
+  check_reference_split(split)
   available = dataset.num_train if split == "train" else dataset.num_test
   n = min(num_examples, available)
   kept = min(num_kept, n)
@@ -122,9 +128,5 @@ def reference_features(net: FeatureNet, dataset, split: str, num_examples: int, 
                              for s in range(0, n, chunk_size)])
   mu, sigma = feature_statistics(features)
   stats = {"mu": mu, "sigma": sigma, "features": features[:kept], "num_examples": np.asarray(n)}
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"  # written whole, then renamed: a killed run leaves no half file
-  with open(tmp, "wb") as f:
-    np.savez(f, **stats)
-  os.replace(tmp, path)
+  writers.write_npz(path, stats)  # whole or not at all: a killed run leaves no half file
   return stats

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
-__all__ = ["MetricWriter", "read_jsonl", "write_json"]
+__all__ = ["MetricWriter", "read_jsonl", "write_json", "write_npz"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,24 +116,17 @@ class MetricWriter:
     self.close()
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes ``obj`` as indented JSON, atomically.
-
-  The text goes to a temporary file in the same directory, which is synced and
-  then renamed over ``path``: a reader (or a resumed run) sees the old file or
-  the new one, never half of one. NumPy/JAX scalars become Python numbers and
-  arrays become nested lists. Parent directories are created. Unlike
-  :class:`MetricWriter` this writes on every process; call it from process 0
-  only where that matters.
-  """
+def _replace_atomically(path: str | os.PathLike, write, binary: bool = False) -> None:
+  """Calls ``write(file)`` on a temporary file in ``path``'s directory, syncs it and renames it
+  over ``path``: a reader (or a resumed run) sees the old file or the new one, never half of
+  one; on any failure the temporary file is removed. Parent directories are created."""
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n"
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -141,6 +134,23 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes ``obj`` as indented JSON, atomically (see ``_replace_atomically``).
+
+  NumPy/JAX scalars become Python numbers and arrays become nested lists. Unlike
+  :class:`MetricWriter` this writes on every process; call it from process 0
+  only where that matters.
+  """
+  text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n"
+  _replace_atomically(path, lambda f: f.write(text))
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
+  """Writes named arrays as an uncompressed .npz at exactly ``path``, atomically."""
+  # np.savez on a file object: given a bare name it would append ".npz" itself.
+  _replace_atomically(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
 def _drop_partial_last_line(path: str) -> None:

@@ -67,15 +67,12 @@ from typing import Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from bdbounds import evaluate, objectives
 from bdbounds.data import TOY_DATASETS
-from bdbounds.experiments import csv_text
+from bdbounds.experiments import csv_text, toy_sweep
 
-RESULT_FILE = "result.json"  # written by toy_sweep.run_one
-PAIRINGS = tuple((lower, upper) for lower in objectives.LOWER_BOUNDS for upper in objectives.UPPER_BOUNDS)
 
 CSV_COLUMNS = (
     "dataset", "lower", "upper", "seed", "step", "status",
@@ -338,9 +335,8 @@ def measure_run(run_dir: str, *, key, num_batches: int = 20, batch_size: int = 2
   `cache` maps a pairing and model config to its jitted functions, which take parameters as
   arguments: runs that share them (other seeds) compile nothing.
   """
-  with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  exp, state = evaluate._restore(run_dir, None)
+  config = evaluate.load_config(run_dir)
+  exp, state = evaluate._restore_state(config, run_dir, None)
   settings, nets = exp.settings, exp.nets
   step = int(state.step)
   critic_params = state.critic.params if state.critic is not None else None
@@ -373,7 +369,7 @@ def _has_checkpoint(run_dir: str) -> bool:
 
 def _sort_key(r: Mapping):
   rank = lambda seq, x: seq.index(x) if x in seq else len(seq)
-  return (rank(TOY_DATASETS, r["dataset"]), r["dataset"], rank(PAIRINGS, (r["lower"], r["upper"])),
+  return (rank(TOY_DATASETS, r["dataset"]), r["dataset"], rank(toy_sweep.PAIRINGS, (r["lower"], r["upper"])),
           r["lower"], r["upper"], r["seed"])
 
 
@@ -383,9 +379,9 @@ def find_runs(sweep: str, datasets: Sequence[str] | None = None, seed: int | Non
   runs, skipped = [], []
   for root, dirs, files in os.walk(sweep):
     dirs.sort()
-    if RESULT_FILE not in files:
+    if toy_sweep.RESULT_FILE not in files:
       continue
-    with open(os.path.join(root, RESULT_FILE), encoding="utf-8") as f:
+    with open(os.path.join(root, toy_sweep.RESULT_FILE), encoding="utf-8") as f:
       result = json.load(f)
     result.setdefault("dataset", os.path.basename(os.path.dirname(os.path.dirname(root))))
     pairing = os.path.basename(os.path.dirname(root))

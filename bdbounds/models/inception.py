@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from bdbounds import writers
+
 INCEPTION_SIZE = 299    # the side every image is resized to
 MIN_SIZE = 75           # the smallest side the layers accept without resizing
 NUM_FEATURES = 2048     # pool3
@@ -347,14 +349,10 @@ def load_inception_variables(path: str | os.PathLike) -> dict:
 def save_inception_variables(path: str | os.PathLike, variables: Mapping) -> None:
   """Writes `variables` as a flat float32 .npz (keys in the module docstring), after checking
   that they fit the module; the file appears whole or not at all."""
-  path = os.fspath(path)
   flat = flatten_variables(variables)
   _check_flat(flat, "the variables to save",
               "Save the variables of build_fid_inception(), as convert_state_dict returns them.")
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:   # a file object: np.savez would append ".npz" to a bare name
-    np.savez(f, **{key: value.astype(np.float32) for key, value in flat.items()})
-  os.replace(tmp, path)
+  writers.write_npz(path, {key: value.astype(np.float32) for key, value in flat.items()})
 
 
 # --------------------------------------------------------------------------- evaluation
