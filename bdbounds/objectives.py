@@ -1,7 +1,9 @@
 """The only place where bounds become losses: signs, weights and reductions.
 
 The game (docs/bounds.md): the generator and the critic MAXIMISE the NLL lower bound
-`E_data[E] − E_q[E] + H_lb(q)`; the energy MINIMISES `E_data[E] − E_q[E] + λ·KL_ub`. Every
+`E_data[E] − E_q[E] + H_lb(q)`; the energy MINIMISES `E_data[E] − E_q[E] + λ·KL_ub`, or with
+importance weighting `E_data[E] + log Ẑ_K + λ·KL_ub` (`−E_q[E] + H(q)` replaced by the
+K-sample estimate of `log Z`, which is never smaller in expectation and closer to log Z). Every
 loss below is something an optimiser minimises, and returns `(loss, terms)` where `terms`
 holds the named, reduced pieces for metrics and fault reports.
 """
@@ -36,6 +38,7 @@ class BoundSettings:
   diffusion_num_t: int = 4
   gamma_min: float = -13.3
   gamma_max: float = 5.0
+  importance_weighting: bool = False  # energy's negative phase: log Ẑ_K with exact log q (manifold generator)
 
   def __post_init__(self):
     for name, value, choices in (("lower", self.lower, LOWER_BOUNDS), ("upper", self.upper, UPPER_BOUNDS),
@@ -44,6 +47,10 @@ class BoundSettings:
                                  ("jacobian_method", self.jacobian_method, ("dense", "lanczos", "lobpcg"))):
       if value not in choices:
         raise ValueError(f"bounds.{name}={value!r} is not one of {choices}")
+    if self.importance_weighting and self.noisy_generator:
+      raise ValueError("importance weighting needs the generator's density, which the noisy generator of "
+                       "bounds.lower='mutual_info' does not have; use lower='jacobian' or 'jacobian_exact', or "
+                       "bounds.negative_phase='samples'")
 
   @property
   def noisy_generator(self) -> bool:
@@ -68,7 +75,7 @@ class Networks(NamedTuple):
 
 
 # Fixed term names: a non-finite value is reported by (network, term) from these tables.
-ENERGY_TERMS = ("energy_data", "energy_fake", "penalty", "loss")
+ENERGY_TERMS = ("energy_data", "energy_fake", "penalty", "ess", "loss")
 GENERATOR_TERMS = ("energy_fake", "entropy", "loss")
 CRITIC_TERMS = ("mi_bound", "loss")
 
@@ -162,13 +169,18 @@ def latent_score(settings, generator_fn, z, key):
   Exact when the Jacobian is dense anyway (small d): the `d·log s_min` surrogate's gradient
   jumps where singular values cross, which makes the penalty erratic. Matrix-free otherwise.
   """
-  exact = settings.lower == "jacobian_exact" or settings.jacobian_method == "dense"
-  surrogate = dataclasses.replace(settings, lower="jacobian_exact" if exact else "jacobian")
-  return jax.grad(lambda z: 0.5 * jnp.sum(z**2) + half_logdet(surrogate, generator_fn, z, key))(z)
+  if _exact_latent_score(settings):
+    return z + bounds.half_logdet_with_gradient(generator_fn, z)[1]
+  return jax.grad(lambda z: 0.5 * jnp.sum(z**2) + half_logdet(settings, generator_fn, z, key))(z)
 
 
-def upper_penalty(settings, nets, energy_params, gen_params, x_data, x_fake, z, key):
-  """Batch mean of the θ-dependent KL upper-bound term (0 for plain minimax)."""
+def _exact_latent_score(settings) -> bool:
+  return settings.lower == "jacobian_exact" or settings.jacobian_method == "dense"
+
+
+def upper_penalty(settings, nets, energy_params, gen_params, x_data, x_fake, z, key, latent_scores=None):
+  """Batch mean of the θ-dependent KL upper-bound term (0 for plain minimax). `latent_scores`
+  (`∇_z[−log q(G(z))]` per latent) saves the latent-Fisher penalty computing them again."""
   energy = lambda x: nets.energy(energy_params, x)
   keys = jax.random.split(key, x_data.shape[0])
   if settings.upper == "none":
@@ -181,12 +193,13 @@ def upper_penalty(settings, nets, energy_params, gen_params, x_data, x_fake, z, 
   if settings.upper == "latent_fisher":
     generator_fn = lambda z: nets.generator(jax.lax.stop_gradient(gen_params), z)
 
-    def one(z, k):
+    def one(z, k, score):
       score_key, probe_key = jax.random.split(k)
-      score = latent_score(settings, generator_fn, z, score_key)
+      if score is None:
+        score = latent_score(settings, generator_fn, z, score_key)
       return bounds.latent_fisher_penalty(energy, generator_fn, z, score, key=probe_key,
                                           num_probes=settings.num_probes)
-    return jnp.mean(jax.vmap(one)(z, keys))
+    return jnp.mean(jax.vmap(one)(z, keys, latent_scores))
   # diffusion: the denoising part of the diffusion ELBO on data, through E(x, t).
   time_energy = lambda x, t: nets.time_energy(energy_params, x, t)
   return jnp.mean(jax.vmap(lambda x, k: bounds.diffusion_nll_bound(
@@ -195,14 +208,32 @@ def upper_penalty(settings, nets, energy_params, gen_params, x_data, x_fake, z, 
 
 
 def energy_loss(settings, nets, energy_params, gen_params, x_data, z, step, key):
-  """Minimise `E_data[E] − E_q[E] + λ_t · penalty` (penalty hinged at τ when asked)."""
+  """Minimise `E_data[E] − E_q[E] + λ_t · penalty` (penalty hinged at τ when asked); with
+  importance weighting, `E_data[E] + log Ẑ_K + λ_t · penalty`. `ess` is the importance
+  weights' effective sample size over K (1 without weighting)."""
   fake_key, pen_key = jax.random.split(key)
-  x_fake = jax.lax.stop_gradient(sample_fake(settings, nets, gen_params, z, fake_key))
+  latent_scores = None
+  if settings.importance_weighting:
+    generator_fn = lambda z: nets.generator(gen_params, z)
+    if settings.upper == "latent_fisher" and _exact_latent_score(settings):  # one pass serves both
+      log_q, log_q_scores, x_fake = jax.lax.stop_gradient(jax.vmap(
+          lambda z: bounds.generator_log_density_and_score(generator_fn, z))(z))
+      latent_scores = -log_q_scores
+    else:
+      log_q, x_fake = jax.lax.stop_gradient(jax.vmap(
+          lambda z: bounds.generator_log_density(generator_fn, z, with_output=True))(z))
+  else:
+    x_fake = jax.lax.stop_gradient(sample_fake(settings, nets, gen_params, z, fake_key))
   energy = jax.vmap(lambda x: nets.energy(energy_params, x))
-  energy_data, energy_fake = jnp.mean(energy(x_data)), jnp.mean(energy(x_fake))
-  penalty = upper_penalty(settings, nets, energy_params, gen_params, x_data, x_fake, z, pen_key)
+  energies_fake = energy(x_fake)
+  energy_data, energy_fake = jnp.mean(energy(x_data)), jnp.mean(energies_fake)
+  negative_phase, ess = -energy_fake, jnp.ones(())
+  if settings.importance_weighting:
+    negative_phase, ess = bounds.importance_log_partition(energies_fake, log_q)
+  penalty = upper_penalty(settings, nets, energy_params, gen_params, x_data, x_fake, z, pen_key, latent_scores)
   weighted = upper_weight(settings, step) * penalty
   if settings.hinge is not None:
     weighted = jax.nn.relu(weighted - settings.hinge)
-  loss = energy_data - energy_fake + weighted
-  return loss, {"energy_data": energy_data, "energy_fake": energy_fake, "penalty": penalty, "loss": loss}
+  loss = energy_data + negative_phase + weighted
+  return loss, {"energy_data": energy_data, "energy_fake": energy_fake, "penalty": penalty, "ess": ess,
+                "loss": loss}

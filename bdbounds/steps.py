@@ -50,11 +50,22 @@ def _guarded_update(player: Player, optimizer, loss_fn, network: str):
   return player, terms, bad_term
 
 
+def data_noise_std(step, initial: float, num_steps: int) -> jax.Array:
+  """Std of the Gaussian noise added to the data at `step`: `initial (1 − step/num_steps)²`,
+  then 0. Smoothing sharp data early gives the generator wide basins to find the modes in;
+  the annealed target is the data itself well before the run ends."""
+  if initial <= 0 or num_steps <= 0:
+    return jnp.zeros(())
+  return initial * jnp.square(jnp.clip(1.0 - step / num_steps, 0.0, 1.0))
+
+
 def make_train_step(settings: objectives.BoundSettings, nets: objectives.Networks,
                     optimizers: dict, *, latent_dim: int, energy_steps: int, generator_steps: int,
-                    ema_decay: float = 0.0, shard_batch: Callable = lambda x: x) -> Callable:
+                    ema_decay: float = 0.0, data_noise: float = 0.0, data_noise_steps: int = 0,
+                    shard_batch: Callable = lambda x: x) -> Callable:
   """Build the step. `shard_batch` constrains per-example arrays to the data axis; with
-  `ema_decay > 0` the state's `generator_ema` follows the generator's parameters."""
+  `ema_decay > 0` the state's `generator_ema` follows the generator's parameters; with
+  `data_noise > 0` the energy sees data plus annealed Gaussian noise (`data_noise_std`)."""
   if energy_steps < 1 or generator_steps < 1:
     raise ValueError(f"training.energy_steps={energy_steps} and training.generator_steps={generator_steps} "
                      "must both be at least 1")
@@ -69,10 +80,14 @@ def make_train_step(settings: objectives.BoundSettings, nets: objectives.Network
     metrics = {}
 
     energy = state.energy
+    noise_std = data_noise_std(state.step, data_noise, data_noise_steps)
     for i in range(energy_steps):
-      z_key, loss_key = jax.random.split(jax.random.fold_in(key, i), 2)
+      z_key, loss_key, noise_key = jax.random.split(jax.random.fold_in(key, i), 3)
       z = sample_latents(z_key, batch_size)
-      loss_fn = lambda p: objectives.energy_loss(settings, nets, p, state.generator.params, batch[i], z,
+      x_data = batch[i]
+      if data_noise > 0:
+        x_data = x_data + noise_std * jax.random.normal(noise_key, x_data.shape, x_data.dtype)
+      loss_fn = lambda p: objectives.energy_loss(settings, nets, p, state.generator.params, x_data, z,
                                                  state.step, loss_key)
       energy, terms, bad = _guarded_update(energy, optimizers["energy"], loss_fn, "energy")
       faults.append((0, bad))
@@ -108,6 +123,7 @@ def make_train_step(settings: objectives.BoundSettings, nets: objectives.Network
         "nll_lower_bound": metrics["energy/energy_data"] - metrics["generator/energy_fake"]
                            + metrics["generator/entropy"],
         "upper_weight": objectives.upper_weight(settings, state.step),
+        "data_noise": noise_std,
         "skipped_updates": skipped,
     })
     if settings.noisy_generator:

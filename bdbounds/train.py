@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -43,10 +44,27 @@ class ConfigError(ValueError):
   what to use instead. The command line reports it in one line, without a traceback."""
 
 
-def bound_settings(config) -> objectives.BoundSettings:
-  fields = {f.name for f in dataclasses.fields(objectives.BoundSettings)}
+NEGATIVE_PHASES = ("auto", "importance", "samples")
+
+
+def bound_settings(config, data_dim: int) -> objectives.BoundSettings:
+  """The bounds' settings; `bounds.negative_phase='auto'` weights the energy's negative phase by
+  importance wherever the generator has a density on the data space (a manifold generator
+  with `model.latent_dim` equal to the data dimension)."""
+  phase = config.bounds.negative_phase
+  if phase not in NEGATIVE_PHASES:
+    raise ConfigError(f"bounds.negative_phase={phase!r} is not one of {NEGATIVE_PHASES}")
+  has_density = config.bounds.lower != "mutual_info" and config.model.latent_dim == data_dim
+  if phase == "importance" and not has_density:
+    raise ConfigError(
+        "bounds.negative_phase='importance' needs the generator's density on the data space, which exists "
+        f"only for a manifold generator (bounds.lower='jacobian' or 'jacobian_exact') with model.latent_dim "
+        f"equal to the data dimension ({data_dim}); got bounds.lower={config.bounds.lower!r}, "
+        f"model.latent_dim={config.model.latent_dim}. Use bounds.negative_phase='auto' or 'samples'")
+  fields = {f.name for f in dataclasses.fields(objectives.BoundSettings)} - {"importance_weighting"}
   try:
-    return objectives.BoundSettings(**{k: v for k, v in config.bounds.items() if k in fields})
+    return objectives.BoundSettings(**{k: v for k, v in config.bounds.items() if k in fields},
+                                    importance_weighting=phase == "importance" or (phase == "auto" and has_density))
   except ValueError as e:
     raise ConfigError(str(e)) from e
 
@@ -98,9 +116,9 @@ def _modules(config, settings, data_shape):
 def build_experiment(config, dataset=None) -> Experiment:
   """Models, optimisers, losses and data of a config; `dataset` replaces the one it names
   (benchmarks on synthetic images use this)."""
-  settings = bound_settings(config)
   dataset = _dataset(config) if dataset is None else dataset
   data_shape = (2,) if isinstance(dataset, ToyDataset) else tuple(dataset.image_shape)
+  settings = bound_settings(config, math.prod(data_shape))
   energy_module, generator_module, critic_module = _modules(config, settings, data_shape)
   if settings.time_conditioned_energy:
     energy = lambda p, x: energy_module.apply(p, x, 0.0)
@@ -117,6 +135,10 @@ def build_experiment(config, dataset=None) -> Experiment:
   optimizers = {"energy": _optimizer(t.energy_lr, config), "generator": _optimizer(t.generator_lr, config),
                 "critic": _optimizer(t.critic_lr, config)}
   latent_dim = config.model.latent_dim
+  if settings.importance_weighting and latent_dim != math.prod(data_shape):
+    raise ConfigError(f"bounds.importance_weighting needs the generator's density on the data space, which "
+                      f"exists only when model.latent_dim equals the data dimension ({math.prod(data_shape)}, "
+                      f"got {latent_dim}); set bounds.importance_weighting=False")
 
   def init_state(key):
     k_e, k_g, k_c = jax.random.split(key, 3)
@@ -159,8 +181,8 @@ def make_step_fn(config, exp: Experiment, mesh):
   t = config.training
   return parallel.jit_train_step(steps.make_train_step(
       exp.settings, exp.nets, exp.optimizers, latent_dim=exp.latent_dim, energy_steps=t.energy_steps,
-      generator_steps=t.generator_steps, ema_decay=t.ema_decay,
-      shard_batch=parallel.make_shard_constraint(mesh)), mesh)
+      generator_steps=t.generator_steps, ema_decay=t.ema_decay, data_noise=t.data_noise,
+      data_noise_steps=round(t.data_noise_fraction * t.num_steps), shard_batch=parallel.make_shard_constraint(mesh)), mesh)
 
 
 def check_workdir_config(config, workdir: str) -> None:

@@ -46,6 +46,7 @@ def get_config():
   c.bounds.diffusion_num_t = 4                 # diffusion times per example (stratified)
   c.bounds.gamma_min = -13.3                   # γ at t = 0 (log-SNR = −γ)
   c.bounds.gamma_max = 5.0                     # γ at t = 1
+  c.bounds.negative_phase = "auto"             # energy's fake-sample term: importance (log Ẑ_K, weights from the generator's exact density) | samples (plain mean) | auto (importance where the generator has a density: manifold, latent_dim = data dim)
 
   c.training = ml_collections.ConfigDict()
   c.training.num_steps = 30_000                # train steps (one step = energy_steps + generator_steps updates)
@@ -58,6 +59,8 @@ def get_config():
   c.training.b1 = 0.0                          # Adam β1 of every optimiser (0: no momentum, stabler games)
   c.training.b2 = 0.9                          # Adam β2 of every optimiser
   c.training.lr_decay = True                   # cosine decay of every learning rate to 0.05× over the run
+  c.training.data_noise = 0.0                  # initial std of Gaussian noise added to the data seen by the energy (0: off)
+  c.training.data_noise_fraction = 0.5         # the noise decays as (1 − step/(this · num_steps))² to 0
   c.training.ema_decay = 0.0                   # EMA of the generator's parameters, used for sample grids (0: off)
   c.training.on_nonfinite = "stop"             # stop (with a report) | skip (drop the update and count it)
 

@@ -61,9 +61,9 @@ def test_main_job_writes_the_output_contract(tmp_path, capsys):
 
 
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
-  # A constant learning rate, so that stopping at step 10 (by a smaller step budget) leaves the
-  # rest of the run's schedule unchanged; the decay schedule depends on training.num_steps.
-  settings = (("eval.every_steps", 1000), ("training.lr_decay", False))
+  # A constant learning rate and no data noise, so that stopping at step 10 (by a smaller step
+  # budget) leaves the rest of the run's schedules unchanged; both depend on training.num_steps.
+  settings = (("eval.every_steps", 1000), ("training.lr_decay", False), ("training.data_noise", 0.0))
   full = train.train_and_evaluate(smoke_config(*settings), str(tmp_path / "full"))
   interrupted = str(tmp_path / "resumed")
   train.train_and_evaluate(smoke_config(("training.num_steps", 10), *settings), interrupted)
@@ -105,6 +105,61 @@ def test_bad_presets_and_settings_are_explained():
     objectives.BoundSettings(upper="gp")
   with pytest.raises(ValueError, match="divisible"):
     parallel.check_batch_size(3, type("M", (), {"size": 2})())
+
+
+def test_negative_phase_is_importance_weighted_where_the_generator_has_a_density():
+  assert train.build_experiment(smoke_config()).settings.importance_weighting
+  for overrides in ((("bounds.lower", "mutual_info"),), (("bounds.negative_phase", "samples"),),
+                    (("model.latent_dim", 3),)):
+    assert not train.build_experiment(smoke_config(*overrides)).settings.importance_weighting, overrides
+  with pytest.raises(train.ConfigError, match="negative_phase='importance' needs the generator's density"):
+    train.build_experiment(smoke_config(("bounds.lower", "mutual_info"), ("bounds.negative_phase", "importance")))
+  with pytest.raises(train.ConfigError, match="bounds.negative_phase='both' is not one of"):
+    train.build_experiment(smoke_config(("bounds.negative_phase", "both")))
+
+
+@pytest.mark.parametrize("upper", ["none", "latent_fisher"])
+def test_importance_weighted_energy_loss_is_data_energy_plus_log_z_estimate(upper):
+  """The loss against a by-hand computation; with the latent-Fisher penalty, the scores shared
+  with the importance weights give the penalty the standalone path computes."""
+  exp = train.build_experiment(smoke_config(("bounds.upper", upper)))
+  state = exp.init_state(jax.random.PRNGKey(0))
+  energy_params, gen_params = state.energy.params, state.generator.params
+  x_data = jax.random.normal(jax.random.PRNGKey(1), (16, 2))
+  z = jax.random.normal(jax.random.PRNGKey(2), (16, 2))
+  key = jax.random.PRNGKey(3)
+  loss, terms = objectives.energy_loss(exp.settings, exp.nets, energy_params, gen_params, x_data, z, 0, key)
+  generator_fn = lambda z: exp.nets.generator(gen_params, z)
+  x_fake = jax.vmap(generator_fn)(z)
+  log_q = np.array([-0.5 * zi @ zi - np.log(2 * np.pi) - np.log(abs(np.linalg.det(jax.jacfwd(generator_fn)(zi))))
+                    for zi in np.asarray(z)])
+  energy = jax.vmap(lambda x: exp.nets.energy(energy_params, x))
+  log_w = -np.asarray(energy(x_fake)) - log_q
+  log_z = np.log(np.mean(np.exp(log_w - log_w.max()))) + log_w.max()
+  penalty = objectives.upper_penalty(exp.settings, exp.nets, energy_params, gen_params, x_data, x_fake, z,
+                                     jax.random.split(key)[1])
+  np.testing.assert_allclose(terms["penalty"], penalty, rtol=1e-4)
+  expected = np.mean(energy(x_data)) + log_z + objectives.upper_weight(exp.settings, 0) * penalty
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  assert 1 / 16 <= terms["ess"] <= 1
+
+
+def test_data_noise_is_annealed_to_zero():
+  np.testing.assert_allclose([float(steps.data_noise_std(s, 0.3, 100)) for s in (0, 50, 100, 150)],
+                             [0.3, 0.075, 0.0, 0.0], rtol=1e-6)
+  assert float(steps.data_noise_std(10, 0.0, 100)) == 0.0
+  config = smoke_config(("training.data_noise", 0.3), ("training.data_noise_fraction", 0.5))
+  exp = train.build_experiment(config)
+  step = jax.jit(steps.make_train_step(exp.settings, exp.nets, exp.optimizers, latent_dim=exp.latent_dim,
+                                       energy_steps=1, generator_steps=1, data_noise=0.3, data_noise_steps=10))
+  state = exp.init_state(jax.random.PRNGKey(0))
+  batch_fn = train.make_batch_fn(config, exp, parallel.create_mesh())
+  seen = []
+  for i in range(12):
+    state, metrics = step(state, batch_fn(i), jax.random.PRNGKey(2))
+    seen.append(float(metrics["train/data_noise"]))
+  np.testing.assert_allclose(seen[:3], [0.3, 0.3 * 0.81, 0.3 * 0.64], rtol=1e-5)
+  assert seen[10:] == [0.0, 0.0]
 
 
 def test_trained_model_respects_the_sandwich(tmp_path):

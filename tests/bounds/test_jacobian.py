@@ -141,3 +141,30 @@ def test_input_errors():
     bounds.jtj_eigs(jnp.sin, jnp.ones(3), key=jax.random.PRNGKey(0), num_iters=3, method="svd")
   with pytest.raises(ValueError, match="vmap"):
     bounds.jtj_eigs(jnp.sin, jnp.ones((2, 3)), key=jax.random.PRNGKey(0), num_iters=3)
+
+
+def test_closed_form_2x2_eigenpairs_match_lapack(x64):
+  """The dense solver's closed form for d = 2, including diagonal, repeated and zero grams."""
+  from bdbounds.bounds.jacobian import _symmetric_eigh_2x2
+  rng = np.random.default_rng(0)
+  grams = [np.eye(2), np.diag([2.0, 1.0]), np.diag([1.0, 3.0]), np.array([[1, 1e-9], [1e-9, 1]]), np.zeros((2, 2))]
+  for _ in range(100):
+    a = rng.normal(size=(2, 2)) * 10 ** rng.uniform(-3, 3, size=(2, 1))
+    grams.append(a.T @ a)
+  for gram in grams:
+    vals, vecs = _symmetric_eigh_2x2(jnp.asarray(gram))
+    scale = max(np.abs(gram).max(), 1e-300)
+    np.testing.assert_allclose(vals, np.linalg.eigvalsh(gram), atol=1e-14 * scale)
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(gram @ vecs, vecs * vals, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("sizes", [[2, 16, 2], [3, 16, 5], [4, 8, 4]])
+def test_forward_mode_logdet_gradient_matches_reverse_mode(sizes, x64):
+  params = generators.init_mlp(jax.random.PRNGKey(0), sizes)
+  fn = generators.mlp(params)
+  z = jax.random.normal(jax.random.PRNGKey(1), (sizes[0],))
+  value, gradient, out = bounds.half_logdet_with_gradient(fn, z)
+  np.testing.assert_allclose(value, bounds.half_logdet_exact(fn, z), rtol=1e-10)
+  np.testing.assert_allclose(gradient, jax.grad(lambda z: bounds.half_logdet_exact(fn, z))(z), rtol=1e-9)
+  np.testing.assert_allclose(out, fn(z), rtol=1e-12)
