@@ -119,13 +119,18 @@ def half_logdet_exact(fn: Callable, z: jax.Array, *, with_output: bool = False):
 
 
 
-def _logdet_and_inverse(gram):
-  """`(log det A, A⁻¹)` of a symmetric positive-definite d×d matrix; closed form for d = 2."""
-  if gram.shape == (2, 2):
-    det = gram[0, 0] * gram[1, 1] - gram[0, 1] * gram[1, 0]
-    adjugate = jnp.array([[gram[1, 1], -gram[0, 1]], [-gram[1, 0], gram[0, 0]]])
-    return jnp.log(det), adjugate / det
-  return jnp.linalg.slogdet(gram)[1], jnp.linalg.inv(gram)
+def _half_logdet_and_pseudo_inverse(jac):
+  """`(½ log det JᵀJ, (JᵀJ)⁻¹Jᵀ)` for a full-rank D×d Jacobian. A square J uses `log|det J|` and
+  `J⁻¹` (closed form for 2×2): forming JᵀJ first squares the condition number, and its 2×2
+  determinant can round to a negative number near a fold."""
+  if jac.shape == (2, 2):
+    det = jac[0, 0] * jac[1, 1] - jac[0, 1] * jac[1, 0]
+    adjugate = jnp.array([[jac[1, 1], -jac[0, 1]], [-jac[1, 0], jac[0, 0]]])
+    return jnp.log(jnp.abs(det)), adjugate / det
+  if jac.shape[0] == jac.shape[1]:
+    return jnp.linalg.slogdet(jac)[1], jnp.linalg.inv(jac)
+  gram = jac.T @ jac
+  return 0.5 * jnp.linalg.slogdet(gram)[1], jnp.linalg.solve(gram, jac.T)
 
 
 def half_logdet_with_gradient(fn: Callable, z: jax.Array):
@@ -141,6 +146,6 @@ def half_logdet_with_gradient(fn: Callable, z: jax.Array):
     return jac, (jac, out)
 
   second, (jac, out) = jax.jacfwd(jac_with_aux, has_aux=True)(z)  # second[:, i, k] = ∂_k J[:, i]
-  logdet, inverse = _logdet_and_inverse(jac.T @ jac)
-  gradient = jnp.einsum("ij,jik->k", inverse @ jac.T, second)
-  return 0.5 * logdet, gradient, out
+  half_logdet, pseudo_inverse = _half_logdet_and_pseudo_inverse(jac)
+  gradient = jnp.einsum("ij,jik->k", pseudo_inverse, second)
+  return half_logdet, gradient, out

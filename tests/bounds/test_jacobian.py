@@ -168,3 +168,11 @@ def test_forward_mode_logdet_gradient_matches_reverse_mode(sizes, x64):
   np.testing.assert_allclose(value, bounds.half_logdet_exact(fn, z), rtol=1e-10)
   np.testing.assert_allclose(gradient, jax.grad(lambda z: bounds.half_logdet_exact(fn, z))(z), rtol=1e-9)
   np.testing.assert_allclose(out, fn(z), rtol=1e-12)
+
+
+def test_forward_mode_logdet_is_accurate_in_float32_near_a_fold():
+  """det JᵀJ = ε² rounds to nothing (or below zero) in float32; log|det J| does not."""
+  a = jnp.array([[1.0, 1.0], [1.0, 1.0001]], jnp.float32)
+  value, gradient, _ = bounds.half_logdet_with_gradient(lambda z: a @ z, jnp.zeros(2, jnp.float32))
+  np.testing.assert_allclose(value, np.log(1e-4), rtol=1e-3)
+  np.testing.assert_allclose(gradient, [0.0, 0.0], atol=1e-6)
