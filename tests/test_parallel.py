@@ -39,6 +39,8 @@ TIMEOUT_S = 600
 # After one step: a rounding or two. After the run: well under a learning rate.
 FIRST_STEP = dict(params=dict(rtol=0, atol=1e-6), metrics=dict(rtol=5e-4, atol=1e-6))
 LAST_STEP = dict(params=dict(rtol=0, atol=5e-4), metrics=dict(rtol=1e-2, atol=1e-3))
+# The same four devices in one process or two: roundings only, accumulated over the run.
+SAME_DEVICES = dict(params=dict(rtol=0, atol=1e-5), metrics=dict(rtol=5e-4, atol=1e-5))
 
 
 # The detection rule of parallel.initialize_distributed.
@@ -169,6 +171,7 @@ def assert_same_training(a, b, tolerances, what):
         np.testing.assert_allclose(b[key], a[key], **tol[f"{kind}s"], err_msg=f"{what}: {key}")
 
 
+@pytest.mark.slow  # five training processes at once: about 2 minutes of both CPU cores
 def test_every_split_of_the_batch_trains_like_one_device(tmp_path):
   """1, 2 and 4 devices in one process, and 2 processes of 2 devices over loopback."""
   port = free_port()
@@ -190,7 +193,7 @@ def test_every_split_of_the_batch_trains_like_one_device(tmp_path):
   for name in ("2dev.0", "4dev.0", "2proc.0"):
     assert_same_training(one, runs[name], (FIRST_STEP, LAST_STEP), f"{name} vs one device")
   # The same devices, one process or two: only the order of the 4-term gradient sums may differ.
-  assert_same_training(runs["4dev.0"], runs["2proc.0"], (FIRST_STEP, FIRST_STEP), "2 processes vs 4 devices")
+  assert_same_training(runs["4dev.0"], runs["2proc.0"], (FIRST_STEP, SAME_DEVICES), "2 processes vs 4 devices")
   for key in runs["2proc.0"].files:  # the state is replicated: every process holds the same one
     np.testing.assert_array_equal(runs["2proc.0"][key], runs["2proc.1"][key], err_msg=key)
 

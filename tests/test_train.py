@@ -60,6 +60,7 @@ def test_main_job_writes_the_output_contract(tmp_path, capsys):
   assert samples.shape == (7, 2) and np.all(np.isfinite(samples))
 
 
+@pytest.mark.slow  # three training runs; test_reliability's kill-and-resume tests are slow too
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
   # A constant learning rate and no data noise, so that stopping at step 10 (by a smaller step
   # budget) leaves the rest of the run's schedules unchanged; both depend on training.num_steps.
