@@ -135,10 +135,6 @@ def build_experiment(config, dataset=None) -> Experiment:
   optimizers = {"energy": _optimizer(t.energy_lr, config), "generator": _optimizer(t.generator_lr, config),
                 "critic": _optimizer(t.critic_lr, config)}
   latent_dim = config.model.latent_dim
-  if settings.importance_weighting and latent_dim != math.prod(data_shape):
-    raise ConfigError(f"bounds.importance_weighting needs the generator's density on the data space, which "
-                      f"exists only when model.latent_dim equals the data dimension ({math.prod(data_shape)}, "
-                      f"got {latent_dim}); set bounds.importance_weighting=False")
 
   def init_state(key):
     k_e, k_g, k_c = jax.random.split(key, 3)
@@ -182,7 +178,8 @@ def make_step_fn(config, exp: Experiment, mesh):
   return parallel.jit_train_step(steps.make_train_step(
       exp.settings, exp.nets, exp.optimizers, latent_dim=exp.latent_dim, energy_steps=t.energy_steps,
       generator_steps=t.generator_steps, ema_decay=t.ema_decay, data_noise=t.data_noise,
-      data_noise_steps=round(t.data_noise_fraction * t.num_steps), shard_batch=parallel.make_shard_constraint(mesh)), mesh)
+      data_noise_steps=round(t.data_noise_fraction * t.num_steps),
+      shard_batch=parallel.make_shard_constraint(mesh)), mesh)
 
 
 def check_workdir_config(config, workdir: str) -> None:

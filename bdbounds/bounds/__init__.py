@@ -9,14 +9,16 @@ from bdbounds.bounds.gradient_penalty import (laplacian, latent_fisher_penalty, 
                                               r1_penalty, score_matching_term)
 from bdbounds.bounds.importance import (generator_log_density, generator_log_density_and_score,
                                         importance_log_partition)
-from bdbounds.bounds.jacobian import half_logdet_exact, half_logdet_with_gradient, jtj_eigs, jtj_matvec, logdet_lower_bound
+from bdbounds.bounds.jacobian import (half_logdet_exact, half_logdet_with_gradient, jtj_eigs, jtj_matvec,
+                                      logdet_lower_bound)
 from bdbounds.bounds.linalg import EigResult, lanczos_smallest, lobpcg_smallest
 from bdbounds.bounds.mutual_info import (dv_bound, gaussian_conditional_entropy, infonce_bound,
                                          jsd_mi_estimate, mine_dv_surrogate, nwj_bound, update_log_ema)
 
 __all__ = [
     "DiffusionBound", "EigResult", "diffusion_nll_bound", "dv_bound",
-    "gaussian_conditional_entropy", "generator_log_density", "generator_log_density_and_score", "half_logdet_exact", "half_logdet_with_gradient", "importance_log_partition", "infonce_bound", "jsd_mi_estimate",
+    "gaussian_conditional_entropy", "generator_log_density", "generator_log_density_and_score",
+    "half_logdet_exact", "half_logdet_with_gradient", "importance_log_partition", "infonce_bound", "jsd_mi_estimate",
     "jtj_eigs", "jtj_matvec", "lanczos_smallest", "laplacian", "latent_fisher_penalty",
     "lobpcg_smallest", "logdet_lower_bound", "lsi_kl_upper_bound", "mine_dv_surrogate",
     "nwj_bound", "r1_penalty", "sample_times", "score_matching_term", "update_log_ema",

@@ -19,24 +19,26 @@ import jax.numpy as jnp
 from bdbounds.bounds.jacobian import half_logdet_exact, half_logdet_with_gradient
 
 
+def _log_prior(z: jax.Array) -> jax.Array:
+  """`log N(z; 0, I_d)`."""
+  return -0.5 * jnp.sum(jnp.square(z)) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+
+
 def generator_log_density(fn, z: jax.Array, *, with_output: bool = False):
   """`log q(fn(z))` for ONE latent `z ~ N(0, I_d)` by change of variables (exact density on
   the image when `fn` is injective; a fold makes it over-state `log q`). With `with_output`,
   returns `(log q, fn(z))` from the same forward pass."""
-  d = z.shape[-1]
-  log_prior = -0.5 * jnp.sum(jnp.square(z)) - 0.5 * d * math.log(2 * math.pi)
   half_logdet, out = half_logdet_exact(fn, z, with_output=True)
-  return (log_prior - half_logdet, out) if with_output else log_prior - half_logdet
+  log_q = _log_prior(z) - half_logdet
+  return (log_q, out) if with_output else log_q
 
 
 def generator_log_density_and_score(fn, z: jax.Array):
   """`(log q(fn(z)), ∇_z log q(fn(z)), fn(z))` for ONE latent, from one forward-over-forward
   pass (`half_logdet_with_gradient`): the density for importance weights and the latent
   score for the latent-Fisher penalty together."""
-  d = z.shape[-1]
   half_logdet, gradient, out = half_logdet_with_gradient(fn, z)
-  log_prior = -0.5 * jnp.sum(jnp.square(z)) - 0.5 * d * math.log(2 * math.pi)
-  return log_prior - half_logdet, -z - gradient, out
+  return _log_prior(z) - half_logdet, -z - gradient, out
 
 
 def importance_log_partition(energies: jax.Array, log_q: jax.Array):

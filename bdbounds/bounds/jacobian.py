@@ -118,7 +118,6 @@ def half_logdet_exact(fn: Callable, z: jax.Array, *, with_output: bool = False):
   return (value, out) if with_output else value
 
 
-
 def _half_logdet_and_pseudo_inverse(jac):
   """`(½ log det JᵀJ, (JᵀJ)⁻¹Jᵀ)` for a full-rank D×d Jacobian. A square J uses `log|det J|` and
   `J⁻¹` (closed form for 2×2): forming JᵀJ first squares the condition number, and its 2×2
