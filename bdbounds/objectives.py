@@ -39,6 +39,7 @@ class BoundSettings:
   gamma_min: float = -13.3
   gamma_max: float = 5.0
   importance_weighting: bool = False  # energy's negative phase: log Ẑ_K with exact log q (manifold generator)
+  defensive_samples: int = 0          # importance weighting: this many more proposals from a broad Gaussian
 
   def __post_init__(self):
     for name, value, choices in (("lower", self.lower, LOWER_BOUNDS), ("upper", self.upper, UPPER_BOUNDS),
@@ -47,6 +48,8 @@ class BoundSettings:
                                  ("jacobian_method", self.jacobian_method, ("dense", "lanczos", "lobpcg"))):
       if value not in choices:
         raise ValueError(f"bounds.{name}={value!r} is not one of {choices}")
+    if self.defensive_samples < 0:
+      raise ValueError(f"bounds.defensive_samples={self.defensive_samples} must be 0 (off) or a number of samples")
     if self.importance_weighting and self.noisy_generator:
       raise ValueError("importance weighting needs the generator's density, which the noisy generator of "
                        "bounds.lower='mutual_info' does not have; use lower='jacobian' or 'jacobian_exact', or "
@@ -207,6 +210,16 @@ def upper_penalty(settings, nets, energy_params, gen_params, x_data, x_fake, z, 
       gamma_max=settings.gamma_max).diffusion)(x_data, keys))
 
 
+def _with_defensive_samples(settings, energy, energies_fake, log_q, x_data, key):
+  """Pool the generator's proposals with `defensive_samples` from a multi-scale kernel density
+  around the data batch (docs/bounds.md §1.4): each keeps its own proposal's density, so Ẑ
+  stays unbiased, and every neighbourhood of the data gets proposals whatever the generator does."""
+  if not settings.defensive_samples:
+    return energies_fake, log_q
+  x0, log_q0 = bounds.data_kernel_proposal(key, x_data, settings.defensive_samples)
+  return jnp.concatenate([energies_fake, energy(x0)]), jnp.concatenate([log_q, log_q0])
+
+
 def energy_loss(settings, nets, energy_params, gen_params, x_data, z, step, key):
   """Minimise `E_data[E] − E_q[E] + λ_t · penalty` (penalty hinged at τ when asked); with
   importance weighting, `E_data[E] + log Ẑ_K + λ_t · penalty`. `ess` is the importance
@@ -229,7 +242,8 @@ def energy_loss(settings, nets, energy_params, gen_params, x_data, z, step, key)
   energy_data, energy_fake = jnp.mean(energy(x_data)), jnp.mean(energies_fake)
   negative_phase, ess = -energy_fake, jnp.ones(())
   if settings.importance_weighting:
-    negative_phase, ess = bounds.importance_log_partition(energies_fake, log_q)
+    negative_phase, ess = bounds.importance_log_partition(
+        *_with_defensive_samples(settings, energy, energies_fake, log_q, x_data, fake_key))
   penalty = upper_penalty(settings, nets, energy_params, gen_params, x_data, x_fake, z, pen_key, latent_scores)
   weighted = upper_weight(settings, step) * penalty
   if settings.hinge is not None:

@@ -47,6 +47,7 @@ def get_config():
   c.bounds.gamma_min = -13.3                   # γ at t = 0 (log-SNR = −γ)
   c.bounds.gamma_max = 5.0                     # γ at t = 1
   c.bounds.negative_phase = "auto"             # energy's fake-sample term: importance (log Ẑ_K, weights from the generator's exact density) | samples (plain mean) | auto (importance where the generator has a density: manifold, latent_dim = data dim)
+  c.bounds.defensive_samples = 0               # importance phase: this many more proposals from a multi-scale kernel density around the data batch, pooled with the generator's (guards regions the generator has left)
 
   c.training = ml_collections.ConfigDict()
   c.training.num_steps = 30_000                # train steps (one step = energy_steps + generator_steps updates)

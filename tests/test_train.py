@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from bdbounds import evaluate, objectives, parallel, steps, train
+from bdbounds import bounds, evaluate, objectives, parallel, steps, train
 from configs import toy
 
 
@@ -119,11 +119,12 @@ def test_negative_phase_is_importance_weighted_where_the_generator_has_a_density
     train.build_experiment(smoke_config(("bounds.negative_phase", "both")))
 
 
-@pytest.mark.parametrize("upper", ["none", "latent_fisher"])
-def test_importance_weighted_energy_loss_is_data_energy_plus_log_z_estimate(upper):
+@pytest.mark.parametrize("upper,defensive", [("none", 0), ("latent_fisher", 0), ("latent_fisher", 8)])
+def test_importance_weighted_energy_loss_is_data_energy_plus_log_z_estimate(upper, defensive):
   """The loss against a by-hand computation; with the latent-Fisher penalty, the scores shared
-  with the importance weights give the penalty the standalone path computes."""
-  exp = train.build_experiment(smoke_config(("bounds.upper", upper)))
+  with the importance weights give the penalty the standalone path computes; defensive
+  samples join the generator's, each weighed by its own proposal's density."""
+  exp = train.build_experiment(smoke_config(("bounds.upper", upper), ("bounds.defensive_samples", defensive)))
   state = exp.init_state(jax.random.PRNGKey(0))
   energy_params, gen_params = state.energy.params, state.generator.params
   x_data = jax.random.normal(jax.random.PRNGKey(1), (16, 2))
@@ -136,13 +137,16 @@ def test_importance_weighted_energy_loss_is_data_energy_plus_log_z_estimate(uppe
                     for zi in np.asarray(z)])
   energy = jax.vmap(lambda x: exp.nets.energy(energy_params, x))
   log_w = -np.asarray(energy(x_fake)) - log_q
+  if defensive:
+    x0, log_q0 = bounds.data_kernel_proposal(jax.random.split(key)[0], x_data, defensive)
+    log_w = np.concatenate([log_w, -np.asarray(energy(x0)) - np.asarray(log_q0)])
   log_z = np.log(np.mean(np.exp(log_w - log_w.max()))) + log_w.max()
   penalty = objectives.upper_penalty(exp.settings, exp.nets, energy_params, gen_params, x_data, x_fake, z,
                                      jax.random.split(key)[1])
   np.testing.assert_allclose(terms["penalty"], penalty, rtol=1e-4)
   expected = np.mean(energy(x_data)) + log_z + objectives.upper_weight(exp.settings, 0) * penalty
   np.testing.assert_allclose(loss, expected, rtol=1e-4)
-  assert 1 / 16 <= terms["ess"] <= 1
+  assert 1 / (16 + defensive) <= terms["ess"] <= 1
 
 
 def test_data_noise_is_annealed_to_zero():

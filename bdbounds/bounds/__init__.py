@@ -8,7 +8,7 @@ from bdbounds.bounds.diffusion import DiffusionBound, diffusion_nll_bound, sampl
 from bdbounds.bounds.gradient_penalty import (laplacian, latent_fisher_penalty, lsi_kl_upper_bound,
                                               r1_penalty, score_matching_term)
 from bdbounds.bounds.importance import (generator_log_density, generator_log_density_and_score,
-                                        importance_log_partition)
+                                        importance_log_partition, data_kernel_proposal)
 from bdbounds.bounds.jacobian import (half_logdet_exact, half_logdet_with_gradient, jtj_eigs, jtj_matvec,
                                       logdet_lower_bound)
 from bdbounds.bounds.linalg import EigResult, lanczos_smallest, lobpcg_smallest
@@ -16,7 +16,7 @@ from bdbounds.bounds.mutual_info import (dv_bound, gaussian_conditional_entropy,
                                          jsd_mi_estimate, mine_dv_surrogate, nwj_bound, update_log_ema)
 
 __all__ = [
-    "DiffusionBound", "EigResult", "diffusion_nll_bound", "dv_bound",
+    "DiffusionBound", "EigResult", "data_kernel_proposal", "diffusion_nll_bound", "dv_bound",
     "gaussian_conditional_entropy", "generator_log_density", "generator_log_density_and_score",
     "half_logdet_exact", "half_logdet_with_gradient", "importance_log_partition", "infonce_bound", "jsd_mi_estimate",
     "jtj_eigs", "jtj_matvec", "lanczos_smallest", "laplacian", "latent_fisher_penalty",

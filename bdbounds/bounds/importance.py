@@ -9,6 +9,11 @@ and `E[log Ẑ_K]` grows with K from `E_q[−E] + H(q)` (K = 1: the Gibbs lower 
 `log Z` (Burda et al., 2016). So `E_data[E] + log Ẑ_K` is a tighter NLL lower bound than the
 single-sample one, and adding a KL upper bound keeps an upper bound (docs/bounds.md).
 Its θ-gradient weighs each sample's `∇E` by its self-normalised importance weight.
+
+Defensive samples (Hesterberg, 1995): K' more proposals from a density q₀ around the data, pooled
+with the generator's, each weighed by its own proposal's density, keep `E[Ẑ] = Z` and guard
+the one way the estimate fails: mass of `exp(−E)` where the generator puts almost none, which
+`Ẑ_K` misses and the energy would be free to deepen.
 """
 
 import math
@@ -39,6 +44,26 @@ def generator_log_density_and_score(fn, z: jax.Array):
   score for the latent-Fisher penalty together."""
   half_logdet, gradient, out = half_logdet_with_gradient(fn, z)
   return _log_prior(z) - half_logdet, -z - gradient, out
+
+
+def data_kernel_proposal(key: jax.Array, reference: jax.Array, n: int, scales=(0.01, 0.03, 0.1, 0.3, 1.0)):
+  """`(x [n, D], log q₀(x) [n])`: `n` draws from the multi-scale kernel density around
+  `reference` ([N, D]), `q₀ = (1/(N S)) Σ_{i,s} N(x; x_i, h_s² I)` with `h_s = scales[s] ×`
+  the reference's standard deviation (averaged over dimensions), and their log-densities. A
+  defensive proposal: it reaches every neighbourhood of the data, down to the finest scale,
+  whatever the generator does."""
+  reference = jax.lax.stop_gradient(reference)
+  num_ref, dim = reference.shape
+  widths = jnp.asarray(scales, reference.dtype) * jnp.mean(jnp.std(reference, axis=0)) + 1e-6
+  i_key, s_key, e_key = jax.random.split(key, 3)
+  centres = reference[jax.random.randint(i_key, (n,), 0, num_ref)]
+  h = widths[jax.random.randint(s_key, (n,), 0, len(scales))]
+  x = centres + h[:, None] * jax.random.normal(e_key, (n, dim), reference.dtype)
+  sq_dist = jnp.sum(jnp.square(x[:, None, :] - reference[None, :, :]), axis=-1)           # [n, N]
+  log_kernel = (-0.5 * sq_dist[:, :, None] / jnp.square(widths)                           # [n, N, S]
+                - dim * jnp.log(widths) - 0.5 * dim * math.log(2 * math.pi))
+  log_q = jax.nn.logsumexp(log_kernel, axis=(1, 2)) - math.log(num_ref * len(scales))
+  return x, log_q
 
 
 def importance_log_partition(energies: jax.Array, log_q: jax.Array):
