@@ -39,7 +39,7 @@ class BoundSettings:
   gamma_min: float = -13.3
   gamma_max: float = 5.0
   importance_weighting: bool = False  # energy's negative phase: log Ẑ_K with exact log q (manifold generator)
-  defensive_samples: int = 0          # importance weighting: this many more proposals from a broad Gaussian
+  defensive_samples: int = 0          # importance weighting: this many more proposals from a kernel density around the data
 
   def __post_init__(self):
     for name, value, choices in (("lower", self.lower, LOWER_BOUNDS), ("upper", self.upper, UPPER_BOUNDS),

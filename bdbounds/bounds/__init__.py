@@ -7,8 +7,8 @@ Every inequality is derived in docs/bounds.md and checked against closed forms i
 from bdbounds.bounds.diffusion import DiffusionBound, diffusion_nll_bound, sample_times
 from bdbounds.bounds.gradient_penalty import (laplacian, latent_fisher_penalty, lsi_kl_upper_bound,
                                               r1_penalty, score_matching_term)
-from bdbounds.bounds.importance import (generator_log_density, generator_log_density_and_score,
-                                        importance_log_partition, data_kernel_proposal)
+from bdbounds.bounds.importance import (data_kernel_proposal, generator_log_density,
+                                        generator_log_density_and_score, importance_log_partition)
 from bdbounds.bounds.jacobian import (half_logdet_exact, half_logdet_with_gradient, jtj_eigs, jtj_matvec,
                                       logdet_lower_bound)
 from bdbounds.bounds.linalg import EigResult, lanczos_smallest, lobpcg_smallest
