@@ -26,13 +26,14 @@ def get_config(arg: str = ""):
   # (KL 0.44 → 0.035 with the negative phase made exact); it needs the defensive samples, or
   # it deepens spikes at the data that the generator's proposals never reach.
   config.model.energy_hidden = (100, 100, 100)
-  config.bounds.defensive_samples = 200
+  config.bounds.defensive_samples = 400
   for preset in filter(None, (a.strip() for a in arg.split(","))):
     if preset in DATASETS:
       config.data.name = preset
     elif preset == "smoke":
       config.training.num_steps = 20
       config.training.batch_size = 32
+      config.bounds.defensive_samples = 64
       config.eval.every_steps = 10
       config.eval.num_samples = 256
       config.eval.quadrature_tol = 1e-2
