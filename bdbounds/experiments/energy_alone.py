@@ -15,7 +15,6 @@ standard error, and seconds.
 
 import argparse
 import json
-import math
 import time
 
 import jax
