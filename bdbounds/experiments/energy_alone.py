@@ -10,8 +10,9 @@ everything. The learning rate and its cosine decay, the input scale and the anne
 noise are the 2-D defaults of `configs/toy.py`; Adam's β are the usual (0.9, 0.999). What the
 energy reaches here is a ceiling for the game at the same architecture, budget and K; the gap
 between the two is what the game loses.
-Prints one JSON line per evaluation: the step, KL(p_data ‖ p_θ) by quadrature and its
-standard error, and seconds.
+Prints one JSON line per evaluation: the step, KL(p_data ‖ p_θ) as a Monte-Carlo mean over the
+test samples with log Z by quadrature (the trainer's report integrates the KL on a grid
+instead), its standard error, and seconds.
 """
 
 import argparse
