@@ -123,6 +123,14 @@ def test_command_line_parsing():
       toy_sweep.parse_args(["--workdir=w", *bad])
 
 
+def test_workers_are_pinned_one_per_core_only_when_they_fill_the_cores(monkeypatch):
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 0, 2, 1}, raising=False)
+  assert toy_sweep.worker_cores(4) == [0, 1, 2, 3] == toy_sweep.worker_cores(6)
+  assert toy_sweep.worker_cores(3) == []  # fewer workers than cores: their second threads use the spare
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5}, raising=False)
+  assert toy_sweep.worker_cores(2) == []  # one core: nothing to choose
+
+
 def test_a_run_that_raises_is_recorded_as_diverged_and_a_stopped_one_is_not(tmp_path, monkeypatch):
   from bdbounds import train, writers
 

@@ -60,9 +60,15 @@ def data_kernel_proposal(key: jax.Array, reference: jax.Array, n: int, scales=(0
   h = widths[jax.random.randint(s_key, (n,), 0, len(scales))]
   x = centres + h[:, None] * jax.random.normal(e_key, (n, dim), reference.dtype)
   sq_dist = jnp.sum(jnp.square(x[:, None, :] - reference[None, :, :]), axis=-1)           # [n, N]
-  log_kernel = (-0.5 * sq_dist[:, :, None] / jnp.square(widths)                           # [n, N, S]
-                - dim * jnp.log(widths) - 0.5 * dim * math.log(2 * math.pi))
-  log_q = jax.nn.logsumexp(log_kernel, axis=(1, 2)) - math.log(num_ref * len(scales))
+  # Shifting by the nearest centre's distance makes every scale's largest term exp(0), so each
+  # scale's sum over centres is one pass with no max to find first (the kernel sum dominates
+  # the cost of the whole proposal) and never underflows to log 0.
+  nearest = jnp.min(sq_dist, axis=1)
+  scaled = (sq_dist - nearest[:, None])[:, :, None] * (-0.5 / jnp.square(widths))         # [n, N, S]
+  log_kernel_sums = (jnp.log(jnp.sum(jnp.exp(scaled), axis=1))                           # [n, S]
+                     - 0.5 * nearest[:, None] / jnp.square(widths) - dim * jnp.log(widths))
+  log_q = (jax.nn.logsumexp(log_kernel_sums, axis=1) - 0.5 * dim * math.log(2 * math.pi)
+           - math.log(num_ref * len(scales)))
   return x, log_q
 
 

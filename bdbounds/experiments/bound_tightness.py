@@ -3,6 +3,7 @@
     python -m bdbounds.experiments.bound_tightness --sweep=runs/quick
     python -m bdbounds.experiments.bound_tightness --sweep=runs/quick --datasets=8gaussians --seed=0 \\
         --num_batches=20 --batch_size=200 --output=runs/quick/tightness.md
+    python -m bdbounds.experiments.bound_tightness --sweep=runs/quick --critic_steps=5000   # MI: a long-run critic too
 
 Every finished run of a toy sweep (`<sweep>/<data set>/<lower>+<upper>/seed<k>/` holding a
 `result.json` and a checkpoint, see `toy_sweep`) is restored at its latest checkpoint and
@@ -31,6 +32,10 @@ Entropy lower bound H_lb(q) of the run's generator, against the exact entropy of
   change at half the resolution plus the change with half of the means; the second matters:
   entropy is concave, so the entropy of the kernel mixture of finitely many means is biased LOW
   (E H(q̂_N) ≤ H(E q̂_N) = H(q)), most for σ small against the means' spacing.
+  With `--critic_steps N` the run's critic is also trained N more steps on the frozen generator
+  (plain Adam at the run's critic learning rate, fresh latents each step, the run's estimator)
+  and the bound measured again on the same batches: the gap that is left belongs to the
+  estimator and the critic's architecture, the rest of the first gap to the training critic.
 
 KL upper bound: the run's θ-dependent penalty term `objectives.upper_penalty` (unweighted), per
 batch; its mean and batch-to-batch std are its value and noise. With upper = diffusion, also the
@@ -68,6 +73,7 @@ from typing import Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from bdbounds import evaluate, objectives
 from bdbounds.data import TOY_DATASETS
@@ -78,6 +84,7 @@ CSV_COLUMNS = (
     "dataset", "lower", "upper", "seed", "step", "status",
     "entropy_bound", "entropy_bound_std", "exact_entropy", "exact_entropy_error", "exact_method",
     "entropy_gap", "entropy_gap_std", "fold_fraction",
+    "critic_steps", "entropy_bound_long_critic", "entropy_gap_long_critic", "entropy_gap_long_critic_std",
     "sigma", "quadrature_resolution", "quadrature_error", "sampling_error", "quadrature_mass",
     "upper_penalty_mean", "upper_penalty_std", "upper_weight",
     "diffusion_nll_bound", "nll", "diffusion_minus_nll", "diffusion_source",
@@ -219,15 +226,36 @@ def make_entropy_fns(settings: objectives.BoundSettings, nets: objectives.Networ
   return fns
 
 
+def train_critic(settings: objectives.BoundSettings, nets: objectives.Networks, critic_params, gen_params, *,
+                 latent_dim: int, key, num_steps: int, batch_size: int, learning_rate: float = 3e-4):
+  """The critic after `num_steps` more Adam steps on the frozen generator, each on fresh latents and
+  noise with the run's own loss (`objectives.critic_loss`). Its bound is close to the best its
+  architecture and estimator reach on this generator, so the gap left to the exact entropy is the
+  estimator's and the family's, and the difference from the run's critic is the training's shortfall."""
+  optimizer = optax.adam(learning_rate)
+
+  def step(carry, k):
+    params, opt_state = carry
+    z_key, loss_key = jax.random.split(k)
+    z = jax.random.normal(z_key, (batch_size, latent_dim))
+    grads = jax.grad(lambda c: objectives.critic_loss(settings, nets, c, gen_params, z, loss_key)[0])(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
+
+  train = jax.jit(lambda params, keys: jax.lax.scan(step, (params, optimizer.init(params)), keys)[0][0])
+  return train(critic_params, jax.random.split(key, num_steps))
+
+
 def measure_entropy(settings: objectives.BoundSettings, nets: objectives.Networks, gen_params, critic_params, *,
                     latent_dim: int, key, num_batches: int, batch_size: int, num_quadrature_samples: int = 20_000,
-                    fns: Mapping | None = None, **quadrature) -> dict:
+                    fns: Mapping | None = None, long_critic_params=None, **quadrature) -> dict:
   """The entropy lower bound of one generator over independent batches, against its exact value.
 
   Manifold generator: the exact `½ log det JᵀJ` value on the same latents (paired gaps) and the
   share of latents on the minority side of a sign change of det J (`fold_fraction`; square J only).
   Noisy generator: `noisy_generator_entropy` of `num_quadrature_samples` means G(z) (keyword
-  arguments `quadrature` go to it). Times are per evaluation on one batch, after compilation.
+  arguments `quadrature` go to it), and with `long_critic_params` (from `train_critic`) the bound
+  on the same batches with that critic too. Times are per evaluation on one batch, after compilation.
   """
   if num_batches < 1 or batch_size < 2:
     raise ValueError("need num_batches ≥ 1 and batch_size ≥ 2 (the MI bounds pair examples within a batch)")
@@ -254,6 +282,10 @@ def measure_entropy(settings: objectives.BoundSettings, nets: objectives.Network
                sampling_error=grid.sampling_error, quadrature_mass=grid.mass,
                quadrature_s=time.perf_counter() - start)
     gaps = grid.entropy - bound
+    if long_critic_params is not None:
+      long_bound, _ = _warm_then_time(fns["bound"], [(g, long_critic_params, *rest) for g, _, *rest in batches])
+      out["entropy_bound_long_critic"], _ = mean_std(long_bound)
+      out["entropy_gap_long_critic"], out["entropy_gap_long_critic_std"] = mean_std(grid.entropy - long_bound)
   else:
     exact, exact_seconds = _warm_then_time(fns["exact"], batches)
     gaps = exact - bound
@@ -329,8 +361,9 @@ def diffusion_comparison(config, exp, state, report: Mapping) -> dict:
 
 
 def measure_run(run_dir: str, *, key, num_batches: int = 20, batch_size: int = 200,
-                num_quadrature_samples: int = 20_000, cache: dict | None = None) -> dict:
-  """Every measure of one run directory (one row of the report).
+                num_quadrature_samples: int = 20_000, critic_steps: int = 0, cache: dict | None = None) -> dict:
+  """Every measure of one run directory (one row of the report). With `critic_steps` > 0 a
+  mutual_info run's critic is also trained that much longer (`train_critic`) and measured again.
 
   `cache` maps a pairing and model config to its jitted functions, which take parameters as
   arguments: runs that share them (other seeds) compile nothing.
@@ -347,9 +380,18 @@ def measure_run(run_dir: str, *, key, num_batches: int = 20, batch_size: int = 2
   entropy_fns, penalty_fns = cache[fn_key]
   row = {"lower": settings.lower, "upper": settings.upper, "seed": int(config.seed), "dataset": config.data.name,
          "step": step, "run_dir": run_dir}
+  long_critic_params = None
+  if critic_steps > 0 and settings.uses_critic:
+    # fold_in(key, num_batches + 1): a key that no batch and not the quadrature uses.
+    long_critic_params = train_critic(settings, nets, critic_params, state.generator.params,
+                                      latent_dim=exp.latent_dim, key=jax.random.fold_in(key, num_batches + 1),
+                                      num_steps=critic_steps, batch_size=batch_size,
+                                      learning_rate=config.training.critic_lr)
+    row["critic_steps"] = critic_steps
   row.update(measure_entropy(settings, nets, state.generator.params, critic_params, latent_dim=exp.latent_dim,
                              key=key, num_batches=num_batches, batch_size=batch_size,
-                             num_quadrature_samples=num_quadrature_samples, fns=entropy_fns))
+                             num_quadrature_samples=num_quadrature_samples, fns=entropy_fns,
+                             long_critic_params=long_critic_params))
   row.update(measure_upper(settings, nets, state.energy.params, state.generator.params, dataset=exp.dataset,
                            latent_dim=exp.latent_dim, key=key, num_batches=num_batches, batch_size=batch_size,
                            step=step, fns=penalty_fns))
@@ -432,7 +474,9 @@ def markdown_row(r: Mapping) -> str:
   else:
     diffusion = "—"
   cells = [r["dataset"], f"{r['lower']}+{r['upper']}", str(r["seed"]), _num(r.get("entropy_bound")), exact,
-           _pm(r.get("entropy_gap"), r.get("entropy_gap_std")), _num(r.get("entropy_bound_std"), 4),
+           _pm(r.get("entropy_gap"), r.get("entropy_gap_std")),
+           _pm(r.get("entropy_gap_long_critic"), r.get("entropy_gap_long_critic_std")),
+           _num(r.get("entropy_bound_std"), 4),
            _pm(r.get("upper_penalty_mean"), r.get("upper_penalty_std"), 4), diffusion,
            _num(r.get("ms_entropy_bound"), 2), _num(r.get("ms_upper_penalty"), 2)]
   return "| " + " | ".join(cells) + " |"
@@ -445,12 +489,12 @@ def results_markdown(rows: Sequence[Mapping], skipped: Sequence = (), *, sweep: 
     nb, bs = rows[0]["num_batches"], rows[0]["batch_size"]
     lines += [f"{len(rows)} run(s){' of ' + sweep if sweep else ''}, each at its last checkpoint; "
               f"{nb} independent batches of {bs} (fresh latents, data and keys). Nats; ms on this machine.", ""]
-  lines += ["| data set | pairing | seed | H_lb | exact H | gap ± std | H_lb batch std | upper penalty | "
-            "diffusion / NLL | ms H_lb | ms upper |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  lines += ["| data set | pairing | seed | H_lb | exact H | gap ± std | gap, long-run critic | H_lb batch std | "
+            "upper penalty | diffusion / NLL | ms H_lb | ms upper |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   lines += [markdown_row(r) for r in rows]
   if not rows:
-    lines.append("| *no finished runs* | | | | | | | | | | |")
+    lines.append("| *no finished runs* | | | | | | | | | | | |")
   lines += ["",
             "- **H_lb**: the run's entropy lower bound, mean over batches. **exact H**: manifold generator "
             "(jacobian*): H(z) + E[½ log det JᵀJ] on the same latents ± its standard error; noisy generator "
@@ -458,6 +502,9 @@ def results_markdown(rows: Sequence[Mapping], skipped: Sequence = (), *, sweep: 
             "- **gap ± std**: exact − H_lb, mean ± std over batches (negative: not a bound there, e.g. an "
             "unconverged Ritz value or DV's minibatch plug-in). **H_lb batch std**: the bound's own noise "
             "between batches.",
+            "- **gap, long-run critic**: mutual_info runs with `--critic_steps` N: the gap on the same batches "
+            "after the run's critic trained N more steps on the frozen generator (what remains is the "
+            "estimator's and the critic family's; the difference from **gap** is the training critic's shortfall).",
             "- **upper penalty**: the unweighted θ-dependent KL-bound term, mean ± std over batches (— for "
             "none). **diffusion / NLL**: diffusion NLL bound / exact test NLL (difference) from the final "
             "evaluation.",
@@ -490,14 +537,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--batch_size", type=int, default=200, help="examples per batch")
   parser.add_argument("--num_quadrature_samples", type=int, default=20_000,
                       help="generator means G(z) in the noisy generator's exact entropy")
+  parser.add_argument("--critic_steps", type=int, default=0,
+                      help="mutual_info runs: also measure the bound after training the critic this many more "
+                           "steps on the frozen generator (0: off)")
   parser.add_argument("--rng_seed", type=int, default=0, help="seed of the measurement's batches")
   parser.add_argument("--output", help="Markdown report (default: <sweep>/tightness.md); the CSV goes next to it")
   args = parser.parse_args(argv)
   args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
   if args.datasets and any(d not in TOY_DATASETS for d in args.datasets):
     parser.error(f"--datasets: choose from {', '.join(TOY_DATASETS)}")
-  if args.num_batches < 1 or args.batch_size < 2 or args.num_quadrature_samples < 2:
-    parser.error("--num_batches ≥ 1, --batch_size ≥ 2 and --num_quadrature_samples ≥ 2")
+  if args.num_batches < 1 or args.batch_size < 2 or args.num_quadrature_samples < 2 or args.critic_steps < 0:
+    parser.error("--num_batches ≥ 1, --batch_size ≥ 2, --num_quadrature_samples ≥ 2 and --critic_steps ≥ 0")
   if not os.path.isdir(args.sweep):
     parser.error(f"--sweep {args.sweep}: no such directory")
   args.output = args.output or os.path.join(args.sweep, "tightness.md")
@@ -513,7 +563,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     start = time.perf_counter()
     try:
       row = measure_run(run_dir, key=key, num_batches=args.num_batches, batch_size=args.batch_size,
-                        num_quadrature_samples=args.num_quadrature_samples, cache=cache)
+                        num_quadrature_samples=args.num_quadrature_samples, critic_steps=args.critic_steps,
+                        cache=cache)
     except Exception as e:  # noqa: BLE001 -- one unreadable run must not lose the others' measures
       traceback.print_exc()
       skipped.append((result, f"{type(e).__name__}: {e}"))
