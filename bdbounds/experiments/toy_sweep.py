@@ -1,7 +1,7 @@
 """Every bound pairing on every 2-D data set, over several seeds: quality, stability and cost.
 
     python -m bdbounds.experiments.toy_sweep --workdir=runs/sweep                  # the full sweep
-    python -m bdbounds.experiments.toy_sweep --workdir=runs/quick --quick          # about 40 min on 2 cores
+    python -m bdbounds.experiments.toy_sweep --workdir=runs/quick --quick          # 28 min on 2 cores
     python -m bdbounds.experiments.toy_sweep --workdir=runs/sweep --datasets=rings,moons \\
         --pairs=jacobian:none,jacobian:r1 --seeds=2 --num_steps=5000 --set=bounds.upper_weight=0.1
 
@@ -11,12 +11,14 @@ score_matching, r1, diffusion} (15 pairings) on the 9 data sets of `configs/toy.
 
 `--quick` runs the same 15 pairings on 4 data sets (8gaussians, 25gaussians, rings, moons) with
 2 seeds (0 and 1) and 2 000 steps each: 120 runs, otherwise configured exactly as the full sweep
-(batch 200, exact quadrature at the end). On a 2-core CPU with `--processes=2` it should take
-about 40 minutes with the 2-D defaults of `configs/toy.py` (three-layer energy, defensive
-samples), estimated from a timed quarter of it (25gaussians and rings, one seed: 30 runs in
-9.5 minutes); with the earlier two-layer energy it took 29 minutes.
-At 2 000 steps most models are still smooth: expect many runs on rings, moons and 25gaussians
-to count as collapsed (below).
+(batch 200, exact quadrature at the end). On a 2-core CPU with `--processes=2` it took 28 minutes
+with the 2-D defaults of `configs/toy.py` (three-layer energy, 400 defensive samples), starting
+from an empty compilation cache. A part of the grid is not a fair sample of that time: the
+first run of each pairing (and of 25gaussians, whose energy compiles separately) pays the
+compilation, 10–15 s, so a sweep over fewer data sets or seeds spends a larger share on it.
+At 2 000 steps the models are not finished (25gaussians' modes are not resolved yet), and the
+mutual_info pairings, which cannot use the importance-weighted negative phase of these
+defaults, mostly run away and count as collapsed (below; docs/results.md has the numbers).
 Any flag given explicitly replaces the quick choice (`--quick --seeds=1`).
 
 Each run is the real trainer, `train.train_and_evaluate`, on `configs/toy.py:<data set>` with
