@@ -1,11 +1,13 @@
 """The toy sweep: the collapse definition, run measures, tables and figures on synthetic results,
 and one tiny sweep through the command line, resumed."""
 
+import concurrent.futures
 import contextlib
 import csv
 import io
 import json
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -129,6 +131,16 @@ def test_workers_are_pinned_one_per_core_only_when_they_fill_the_cores(monkeypat
   assert toy_sweep.worker_cores(3) == []  # fewer workers than cores: their second threads use the spare
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5}, raising=False)
   assert toy_sweep.worker_cores(2) == []  # one core: nothing to choose
+
+
+@pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda pid: ())(0)) < 2, reason="needs 2 cores (Linux)")
+def test_pinned_workers_run_on_one_core_each():
+  cores = toy_sweep.worker_cores(2 * os.cpu_count())
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=toy_sweep._init_worker,
+                                              initargs=({}, None, cores, context.Value("i", 0))) as pool:
+    affinities = list(pool.map(os.sched_getaffinity, [0, 0, 0, 0]))
+  assert all(len(a) == 1 and a <= set(cores) for a in affinities)
 
 
 def test_a_run_that_raises_is_recorded_as_diverged_and_a_stopped_one_is_not(tmp_path, monkeypatch):

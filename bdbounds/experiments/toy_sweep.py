@@ -403,7 +403,8 @@ def _init_worker(env: Mapping[str, str], cache_dir: str | None, cores: Sequence[
     # unpinned workers that fill every core keep taking turns on each other's cores.
     with counter.get_lock():
       index, counter.value = counter.value, counter.value + 1
-    os.sched_setaffinity(0, {cores[index % len(cores)]})
+    with contextlib.suppress(OSError):  # a sandbox that forbids it: the worker runs unpinned
+      os.sched_setaffinity(0, {cores[index % len(cores)]})
   if cache_dir:
     # Runs of one pairing compile the same train step (parameters and keys are arguments): a
     # persistent cache, shared by the workers and kept across invocations, compiles it once.
