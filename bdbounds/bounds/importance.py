@@ -64,9 +64,10 @@ def data_kernel_proposal(key: jax.Array, reference: jax.Array, n: int, scales=(0
   # scale's sum over centres is one pass with no max to find first (the kernel sum dominates
   # the cost of the whole proposal) and never underflows to log 0.
   nearest = jnp.min(sq_dist, axis=1)
-  scaled = (sq_dist - nearest[:, None])[:, :, None] * (-0.5 / jnp.square(widths))         # [n, N, S]
+  half_precision = 0.5 / jnp.square(widths)                                               # [S]
+  scaled = -(sq_dist - nearest[:, None])[:, :, None] * half_precision                    # [n, N, S]
   log_kernel_sums = (jnp.log(jnp.sum(jnp.exp(scaled), axis=1))                           # [n, S]
-                     - 0.5 * nearest[:, None] / jnp.square(widths) - dim * jnp.log(widths))
+                     - nearest[:, None] * half_precision - dim * jnp.log(widths))
   log_q = (jax.nn.logsumexp(log_kernel_sums, axis=1) - 0.5 * dim * math.log(2 * math.pi)
            - math.log(num_ref * len(scales)))
   return x, log_q

@@ -226,24 +226,37 @@ def make_entropy_fns(settings: objectives.BoundSettings, nets: objectives.Networ
   return fns
 
 
-def train_critic(settings: objectives.BoundSettings, nets: objectives.Networks, critic_params, gen_params, *,
-                 latent_dim: int, key, num_steps: int, batch_size: int, learning_rate: float = 3e-4):
-  """The critic after `num_steps` more Adam steps on the frozen generator, each on fresh latents and
-  noise with the run's own loss (`objectives.critic_loss`). Its bound is close to the best its
-  architecture and estimator reach on this generator, so the gap left to the exact entropy is the
-  estimator's and the family's, and the difference from the run's critic is the training's shortfall."""
+def make_critic_trainer(settings: objectives.BoundSettings, nets: objectives.Networks, *, latent_dim: int,
+                        num_steps: int, batch_size: int, learning_rate: float = 3e-4):
+  """Jitted `(critic_params, gen_params, key) -> critic_params`: the critic after `num_steps` more
+  Adam steps on the frozen generator, each on fresh latents and noise with the run's own loss
+  (`objectives.critic_loss`). Its bound is close to the best its architecture and estimator
+  reach on this generator, so the gap left to the exact entropy is the estimator's and the
+  family's, and the difference from the run's critic is the training's shortfall. Parameters
+  are arguments, so runs that share a pairing and model compile it once."""
   optimizer = optax.adam(learning_rate)
 
-  def step(carry, k):
-    params, opt_state = carry
-    z_key, loss_key = jax.random.split(k)
-    z = jax.random.normal(z_key, (batch_size, latent_dim))
-    grads = jax.grad(lambda c: objectives.critic_loss(settings, nets, c, gen_params, z, loss_key)[0])(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), None
+  def train(critic_params, gen_params, key):
+    def step(carry, k):
+      params, opt_state = carry
+      z_key, loss_key = jax.random.split(k)
+      z = jax.random.normal(z_key, (batch_size, latent_dim))
+      grads = jax.grad(lambda c: objectives.critic_loss(settings, nets, c, gen_params, z, loss_key)[0])(params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), None
 
-  train = jax.jit(lambda params, keys: jax.lax.scan(step, (params, optimizer.init(params)), keys)[0][0])
-  return train(critic_params, jax.random.split(key, num_steps))
+    carry = (critic_params, optimizer.init(critic_params))
+    return jax.lax.scan(step, carry, jax.random.split(key, num_steps))[0][0]
+
+  return jax.jit(train)
+
+
+def train_critic(settings: objectives.BoundSettings, nets: objectives.Networks, critic_params, gen_params, *,
+                 latent_dim: int, key, num_steps: int, batch_size: int, learning_rate: float = 3e-4):
+  """`make_critic_trainer`'s critic, trained once."""
+  trainer = make_critic_trainer(settings, nets, latent_dim=latent_dim, num_steps=num_steps,
+                                batch_size=batch_size, learning_rate=learning_rate)
+  return trainer(critic_params, gen_params, key)
 
 
 def measure_entropy(settings: objectives.BoundSettings, nets: objectives.Networks, gen_params, critic_params, *,
@@ -363,7 +376,7 @@ def diffusion_comparison(config, exp, state, report: Mapping) -> dict:
 def measure_run(run_dir: str, *, key, num_batches: int = 20, batch_size: int = 200,
                 num_quadrature_samples: int = 20_000, critic_steps: int = 0, cache: dict | None = None) -> dict:
   """Every measure of one run directory (one row of the report). With `critic_steps` > 0 a
-  mutual_info run's critic is also trained that much longer (`train_critic`) and measured again.
+  mutual_info run's critic is also trained that much longer (`make_critic_trainer`) and measured again.
 
   `cache` maps a pairing and model config to its jitted functions, which take parameters as
   arguments: runs that share them (other seeds) compile nothing.
@@ -382,11 +395,13 @@ def measure_run(run_dir: str, *, key, num_batches: int = 20, batch_size: int = 2
          "step": step, "run_dir": run_dir}
   long_critic_params = None
   if critic_steps > 0 and settings.uses_critic:
+    trainer_key = (fn_key, critic_steps, config.training.critic_lr)
+    if trainer_key not in cache:
+      cache[trainer_key] = make_critic_trainer(settings, nets, latent_dim=exp.latent_dim, num_steps=critic_steps,
+                                               batch_size=batch_size, learning_rate=config.training.critic_lr)
     # fold_in(key, num_batches + 1): a key that no batch and not the quadrature uses.
-    long_critic_params = train_critic(settings, nets, critic_params, state.generator.params,
-                                      latent_dim=exp.latent_dim, key=jax.random.fold_in(key, num_batches + 1),
-                                      num_steps=critic_steps, batch_size=batch_size,
-                                      learning_rate=config.training.critic_lr)
+    long_critic_params = cache[trainer_key](critic_params, state.generator.params,
+                                            jax.random.fold_in(key, num_batches + 1))
     row["critic_steps"] = critic_steps
   row.update(measure_entropy(settings, nets, state.generator.params, critic_params, latent_dim=exp.latent_dim,
                              key=key, num_batches=num_batches, batch_size=batch_size,
