@@ -94,6 +94,8 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import importlib
+import importlib.util
 import itertools
 import json
 import math
@@ -169,15 +171,16 @@ def create_runs(datasets: Sequence[str], pairs: Sequence[tuple[str, str]], seeds
   return [RunSpec(d, lower, upper, s) for s in range(seeds) for d in datasets for lower, upper in pairs]
 
 
-def run_overrides(spec: RunSpec, num_steps: int, extra: Mapping[str, Any] = ()) -> dict:
-  """The flattened config overrides of one run, on top of `configs/toy.py:<data set>`."""
+def run_overrides(spec: RunSpec, num_steps: int, extra: Mapping[str, Any] = (), checkpoint_every: int | None = None) -> dict:
+  """The flattened config overrides of one run, on top of its config (`configs/toy.py:<data set>`):
+  evaluation at the last step only, a checkpoint every `checkpoint_every` steps (default: the last)."""
   overrides = {
       "seed": spec.seed,
       "bounds.lower": spec.lower,
       "bounds.upper": spec.upper,
       "training.num_steps": num_steps,
       "eval.every_steps": num_steps,
-      "checkpoint.every_steps": num_steps,
+      "checkpoint.every_steps": min(checkpoint_every or num_steps, num_steps),
       "checkpoint.max_to_keep": 1,
       "log.every_steps": max(1, num_steps // CURVE_POINTS),
       "log.progress_bar": False,
@@ -186,13 +189,12 @@ def run_overrides(spec: RunSpec, num_steps: int, extra: Mapping[str, Any] = ()) 
   return overrides
 
 
-def _toy_configs():
-  try:
-    from configs import toy
-  except ImportError:  # run from outside the repository: configs/ sits next to the package
+def config_module(name: str):
+  """`configs/<name>.py`, imported (also when run from outside the repository: configs/ sits next
+  to the package)."""
+  if importlib.util.find_spec("configs") is None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    from configs import toy
-  return toy
+  return importlib.import_module(f"configs.{name}")
 
 
 def _has_key(config, dotted: str) -> bool:
@@ -206,8 +208,11 @@ def _has_key(config, dotted: str) -> bool:
 
 def create_config(spec: RunSpec, num_steps: int, extra: Mapping[str, Any] = ()):
   """`configs/toy.py:<data set>` with the run's overrides, locked."""
-  config = _toy_configs().get_config(spec.dataset)
-  overrides = run_overrides(spec, num_steps, extra)
+  return apply_overrides(config_module("toy").get_config(spec.dataset), run_overrides(spec, num_steps, extra))
+
+
+def apply_overrides(config, overrides: Mapping[str, Any]):
+  """`config` with flattened `overrides` applied, locked; unknown keys are refused."""
   unknown = [k for k in overrides if not _has_key(config, k)]
   if unknown:
     raise ValueError(f"unknown config keys {unknown}; every key is listed in configs/base.py")
@@ -266,11 +271,11 @@ def is_collapsed(nll: float, reference_nll: float) -> bool:
   return bool(nll >= reference_nll)
 
 
-def _finite(value) -> bool:
+def is_finite(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _train_records(records: Iterable[Mapping]) -> list[Mapping]:
+def train_records(records: Iterable[Mapping]) -> list[Mapping]:
   """Training records (evaluation scalars share their step), the last one of each step kept."""
   by_step = {}
   for r in records:
@@ -283,18 +288,17 @@ def summarize_run(spec: RunSpec, *, num_steps: int, report: Mapping | None, reco
                   error: str | None, wall_s: float, reference_nll: float) -> dict:
   """The measures of one run from its evaluation report (None if training raised), its
   training records (`metrics.jsonl`), the error it raised, and the collapse reference."""
-  records = _train_records(records)
-  step_times = [r["train/seconds_per_step"] for r in records[1:] if _finite(r.get("train/seconds_per_step"))]
+  records = train_records(records)
   report = dict(report or {})
   nll, kl = report.get("nll"), report.get("kl_data_model")
-  diverged = (error is not None or not report or not _finite(nll)
-              or ("kl_data_model" in report and not _finite(kl)))
+  diverged = (error is not None or not report or not is_finite(nll)
+              or ("kl_data_model" in report and not is_finite(kl)))
   if error is None and report and diverged:
     error = "non-finite final evaluation: " + ", ".join(
         f"{k}={report.get(k)}" for k in ("nll", "kl_data_model") if k in report)
   collapsed = False if diverged else is_collapsed(nll, reference_nll)
   converged = not diverged and not collapsed
-  get = lambda k: report.get(k) if _finite(report.get(k)) else None
+  get = lambda k: report.get(k) if is_finite(report.get(k)) else None
   return {
       "dataset": spec.dataset, "lower": spec.lower, "upper": spec.upper, "pairing": spec.pairing,
       "seed": spec.seed, "num_steps": num_steps,
@@ -305,12 +309,21 @@ def summarize_run(spec: RunSpec, *, num_steps: int, report: Mapping | None, reco
       "reference_nll": reference_nll,
       "quadrature_converged": report.get("quadrature_converged"),
       "last_step": int(records[-1]["step"]) if records else 0,
-      "seconds_per_step": float(np.median(step_times)) if step_times else None,
+      "seconds_per_step": median_seconds_per_step(records),
       "wall_s": float(wall_s),
       "error": error,
-      "energy_gap_curve": {"step": [int(r["step"]) for r in records],
-                           "energy_gap": [float(r["train/energy_gap"]) for r in records]},
+      "energy_gap_curve": energy_gap_curve(records),
   }
+
+
+def median_seconds_per_step(records: Sequence[Mapping]) -> float | None:
+  """Median of the training records' step times, leaving out the first (it includes compilation)."""
+  times = [r["train/seconds_per_step"] for r in records[1:] if is_finite(r.get("train/seconds_per_step"))]
+  return float(np.median(times)) if times else None
+
+
+def energy_gap_curve(records: Sequence[Mapping]) -> dict:
+  return {"step": [int(r["step"]) for r in records], "energy_gap": [float(r["train/energy_gap"]) for r in records]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +342,7 @@ def data_reference(dataset: str) -> tuple[float, np.ndarray, np.ndarray]:
   return gaussian_reference_nll(np.cov(x.T)), lo - pad, hi + pad
 
 
-def _clear_unfinished(run_dir: str) -> None:
+def clear_unfinished(run_dir: str) -> None:
   """A run without a result and without a checkpoint was cut short: start it afresh, so its
   metrics file does not hold two attempts. With a checkpoint the trainer resumes from it."""
   checkpoints = os.path.join(run_dir, "checkpoints")
@@ -352,31 +365,48 @@ def _save_density(spec: RunSpec, run_dir: str, log_z: float) -> None:
   np.savez_compressed(os.path.join(run_dir, DENSITY_FILE), **arrays)
 
 
-def run_one(spec: RunSpec, workdir: str, num_steps: int, extra: Mapping[str, Any] = ()) -> dict:
-  """Train and evaluate one run, write its `result.json` and density grid, return the result.
-
-  Whatever training raises is recorded (as a divergence, with its message), except a SIGTERM
-  stop (`train.Preempted`: the run has a checkpoint and is resumed next time) and a config the
-  trainer refuses (`train.ConfigError`: every run would fail alike), which propagate.
-  """
-  from bdbounds import train, writers
-
-  run_dir = spec.run_dir(workdir)
-  _clear_unfinished(run_dir)
+@contextlib.contextmanager
+def run_log(run_dir: str):
+  """`run_dir` created (cleared first if a run there was cut short before any checkpoint), with
+  everything printed inside the block appended to its `train.log`."""
+  clear_unfinished(run_dir)
   os.makedirs(run_dir, exist_ok=True)
-  start = time.perf_counter()
-  report, error = None, None
   with open(os.path.join(run_dir, LOG_FILE), "a", encoding="utf-8") as log, \
        contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-    try:
-      report = train.train_and_evaluate(create_config(spec, num_steps, extra), run_dir)
-    except (train.Preempted, *_config_errors()):
-      raise
-    except Exception as e:  # noqa: BLE001 -- a failed run is a result, not the end of the sweep
-      error = f"{type(e).__name__}: {e}"
-      traceback.print_exc()
-    metrics_path = os.path.join(run_dir, writers.METRICS_FILE)
-    records = writers.read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+    yield
+
+
+def train_recorded(config, run_dir: str) -> tuple[dict | None, str | None, list[dict]]:
+  """`(report, error, records)`: train and evaluate one run in `run_dir`, then read its metrics.
+
+  Whatever training raises is returned as `error` (a failed run is a result, not the end of the
+  sweep), except a SIGTERM stop (`train.Preempted`: the run has a checkpoint and is resumed next
+  time) and a config the trainer refuses (`train.ConfigError`: every run would fail alike),
+  which propagate.
+  """
+  from bdbounds import train, writers
+  report, error = None, None
+  try:
+    report = train.train_and_evaluate(config, run_dir)
+  except (train.Preempted, *config_errors()):
+    raise
+  except Exception as e:  # noqa: BLE001
+    error = f"{type(e).__name__}: {e}"
+    traceback.print_exc()
+  metrics_path = os.path.join(run_dir, writers.METRICS_FILE)
+  records = writers.read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+  return report, error, records
+
+
+def run_one(spec: RunSpec, workdir: str, num_steps: int, extra: Mapping[str, Any] = ()) -> dict:
+  """Train and evaluate one run (`train_recorded`), write its `result.json` and density grid,
+  return the result."""
+  from bdbounds import writers
+
+  run_dir = spec.run_dir(workdir)
+  start = time.perf_counter()
+  with run_log(run_dir):
+    report, error, records = train_recorded(create_config(spec, num_steps, extra), run_dir)
     reference_nll = data_reference(spec.dataset)[0]
     result = summarize_run(spec, num_steps=num_steps, report=report, records=records, error=error,
                            wall_s=time.perf_counter() - start, reference_nll=reference_nll)
@@ -391,7 +421,7 @@ def run_one(spec: RunSpec, workdir: str, num_steps: int, extra: Mapping[str, Any
   return result
 
 
-def _config_errors() -> tuple:
+def config_errors() -> tuple:
   from bdbounds import train
   return tuple(filter(None, [getattr(train, "ConfigError", None)]))
 
@@ -447,9 +477,11 @@ def worker_environment(base: Mapping[str, str]) -> dict:
 
 
 def execute(specs: Sequence[RunSpec], workdir: str, num_steps: int, extra: Mapping[str, Any],
-            processes: int, out=sys.stdout) -> int:
-  """Train `specs` on a pool of `processes` spawned workers; print one line per finished run.
-  Returns the number of runs that finished (with a result)."""
+            processes: int, out=sys.stdout, run_fn=run_one, format_fn=None) -> int:
+  """Train `specs` on a pool of `processes` spawned workers, each run by `run_fn(spec, workdir,
+  num_steps, extra)` (a module-level function, for pickling); print one line per finished run
+  (`format_fn(result)`). Returns the number of runs that finished (with a result)."""
+  format_fn = format_fn or format_result_line
   if not specs:
     return 0
   env = worker_environment(os.environ)
@@ -458,7 +490,7 @@ def execute(specs: Sequence[RunSpec], workdir: str, num_steps: int, extra: Mappi
   start, done = time.perf_counter(), 0
   with _environment(env), concurrent.futures.ProcessPoolExecutor(
       max_workers=processes, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
-    futures = {pool.submit(run_one, spec, workdir, num_steps, extra): spec for spec in specs}
+    futures = {pool.submit(run_fn, spec, workdir, num_steps, extra): spec for spec in specs}
     try:
       for future in concurrent.futures.as_completed(futures):
         spec = futures[future]
@@ -468,7 +500,7 @@ def execute(specs: Sequence[RunSpec], workdir: str, num_steps: int, extra: Mappi
           print("a worker process died (out of memory?); run the same command again to continue",
                 file=out, flush=True)
           break
-        except _config_errors() as e:
+        except config_errors() as e:
           raise SystemExit(f"{spec.dataset} {spec.pairing}: the trainer refuses the config: {e}")
         except Exception as e:  # noqa: BLE001 -- a stopped run (SIGTERM)
           print(f"{spec.dataset} {spec.pairing} seed{spec.seed}: not finished ({type(e).__name__}: {e}); "
@@ -477,7 +509,7 @@ def execute(specs: Sequence[RunSpec], workdir: str, num_steps: int, extra: Mappi
         done += 1
         elapsed = time.perf_counter() - start
         eta = elapsed / done * (len(specs) - done)
-        print(f"[{done}/{len(specs)}] {format_result_line(result)}   "
+        print(f"[{done}/{len(specs)}] {format_fn(result)}   "
               f"(elapsed {elapsed / 60:.1f} min, about {eta / 60:.1f} min left)", file=out, flush=True)
     except (KeyboardInterrupt, SystemExit):
       for f in futures:
@@ -507,9 +539,9 @@ def _order(results: Iterable[Mapping]) -> tuple[list[str], list[tuple[str, str]]
   return sorted(datasets, key=rank(TOY_DATASETS)), sorted(pairs, key=rank(PAIRINGS))
 
 
-def _mean_std(values: Iterable) -> tuple[float | None, float | None, int]:
+def mean_std(values: Iterable) -> tuple[float | None, float | None, int]:
   """Mean and sample standard deviation (ddof 1; None for one value) of the finite values."""
-  v = np.asarray([x for x in values if _finite(x)], np.float64)
+  v = np.asarray([x for x in values if is_finite(x)], np.float64)
   if len(v) == 0:
     return None, None, 0
   return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None), len(v)
@@ -534,8 +566,8 @@ def aggregate(results: Sequence[Mapping]) -> list[dict]:
              "diverged": sum(bool(r["diverged"]) for r in runs),
              "collapsed": sum(bool(r["collapsed"]) for r in runs)}
       for name in ("kl_data_model", "nll", "sandwich_gap"):
-        row[f"{name}_mean"], row[f"{name}_std"], _ = _mean_std(r.get(name) for r in kept)
-      times = [r["seconds_per_step"] for r in runs if _finite(r.get("seconds_per_step"))]
+        row[f"{name}_mean"], row[f"{name}_std"], _ = mean_std(r.get(name) for r in kept)
+      times = [r["seconds_per_step"] for r in runs if is_finite(r.get("seconds_per_step"))]
       row["ms_per_step"] = 1e3 * float(np.median(times)) if times else None
       rows.append(row)
   return rows
@@ -551,7 +583,7 @@ def stability(results: Sequence[Mapping]) -> dict:
   return table
 
 
-def _fmt(mean, std, digits=3) -> str:
+def format_mean_std(mean, std, digits=3) -> str:
   if mean is None:
     return "—"
   return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -582,7 +614,7 @@ def results_markdown(results: Sequence[Mapping]) -> str:
   rows = aggregate(results)
   for dataset in datasets:
     runs = [r for r in results if r["dataset"] == dataset]
-    entropy, _, _ = _mean_std(r.get("test_entropy") for r in runs)
+    entropy, _, _ = mean_std(r.get("test_entropy") for r in runs)
     reference = runs[0]["reference_nll"]
     header = f"collapse threshold: NLL ≥ {reference:.3f}"
     if entropy is not None:
@@ -598,7 +630,7 @@ def results_markdown(results: Sequence[Mapping]) -> str:
         flags.append(f"{row['collapsed']} collapsed")
       converged = f"{row['converged']}/{row['runs']}" + (f" ({', '.join(flags)})" if flags else "")
       ms = f"{row['ms_per_step']:.2f}" if row["ms_per_step"] is not None else "—"
-      stats = [_fmt(row[f"{m}_mean"], row[f"{m}_std"]) for m in ("kl_data_model", "nll", "sandwich_gap")]
+      stats = [format_mean_std(row[f"{m}_mean"], row[f"{m}_std"]) for m in ("kl_data_model", "nll", "sandwich_gap")]
       lines.append("| " + " | ".join([row["lower"], row["upper"], *stats, converged, ms]) + " |")
 
   table = stability(results)
@@ -644,7 +676,7 @@ def results_csv(results: Sequence[Mapping]) -> str:
 _DPI = 80
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
@@ -666,7 +698,7 @@ def plot_densities(results: Sequence[Mapping], workdir: str, path: str) -> None:
   for r in sorted(results, key=lambda r: r["seed"]):
     first.setdefault((r["dataset"], r["lower"], r["upper"]), r)
   size = 1.15
-  fig = _new_figure(size * (len(pairs) + 1) + 0.3, size * len(datasets) + 0.9)
+  fig = new_figure(size * (len(pairs) + 1) + 0.3, size * len(datasets) + 0.9)
   axes = fig.subplots(len(datasets), len(pairs) + 1, squeeze=False)
   for i, dataset in enumerate(datasets):
     data_drawn = False
@@ -736,7 +768,7 @@ def plot_energy_gap(results: Sequence[Mapping], path: str) -> None:
   curves = mean_curves(results)
   ncols = min(3, len(datasets))
   nrows = -(-len(datasets) // ncols)
-  fig = _new_figure(max(4.0 * ncols, 10.0), 2.8 * nrows + 1.3)
+  fig = new_figure(max(4.0 * ncols, 10.0), 2.8 * nrows + 1.3)
   axes = fig.subplots(nrows, ncols, squeeze=False)
   colours = {u: f"C{i}" for i, u in enumerate(UPPER_BOUNDS)}
   styles = {lower: s for lower, s in zip(LOWER_BOUNDS, ("-", "--", ":"))}
@@ -855,7 +887,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   if args.seeds < 1 or args.processes < 1 or (args.num_steps is not None and args.num_steps < 1):
     parser.error("--seeds, --processes and --num_steps must be positive")
   if args.num_steps is None:
-    args.num_steps = int(_toy_configs().get_config().training.num_steps)
+    args.num_steps = int(config_module("toy").get_config().training.num_steps)
   return args
 
 

@@ -1,0 +1,312 @@
+"""Bound pairings on an image data set, over several seeds: samples, likelihood and cost.
+
+    python -m bdbounds.experiments.image_sweep --workdir=runs/digits_sweep            # digits, 8 000 steps
+    python -m bdbounds.experiments.image_sweep --workdir=runs/digits_quick --quick    # 2 000 steps, 1 seed
+    python -m bdbounds.experiments.image_sweep --workdir=runs/digits_sweep \\
+        --pairs=jacobian:none,mutual_info:latent_fisher --seeds=3 --set=training.batch_size=128
+    python -m bdbounds.experiments.image_sweep --workdir=runs/cifar10 --config=cifar10 \\
+        --processes=1 --set=eval.inception_weights=/path/to/fid_inception.npz   # on an accelerator
+
+The image counterpart of `toy_sweep`, with its machinery (worker processes, resuming, `--set`,
+the run layout `<workdir>/<data set>/<lower>+<upper>/seed<k>`). By default the 10 pairings of
+lower ∈ {jacobian, mutual_info} × every upper bound, 3 seeds, at the config's step budget
+(`configs/digits.py`: 8 000 steps). `jacobian_exact` forms the dense Jacobian, one forward pass
+per latent dimension: name it in `--pairs` to include it. `--quick` is the 10 pairings, one
+seed, 2 000 steps.
+
+Each run is `train.train_and_evaluate` on `configs/<config>.py[:<preset>]` with the seed, the
+bounds and the step budget set, evaluation at the last step only, checkpoints as the config
+says (a killed sweep resumes inside its runs), a training-metric record every num_steps/50 steps
+and no progress bar; then `--set key=value` overrides.
+
+Measures per run (`result.json`, one row of `results.csv`), from the final evaluation:
+  fid, inception_score, precision, recall, prd_f8, prd_f1_8
+                   of the EMA generator's samples against the training images, in the config's
+                   feature network (digits: a classifier trained at evaluation time, so the
+                   numbers compare runs of this sweep, not published Inception FIDs)
+  bits_per_dim     diffusion pairings only: the diffusion bound on the test set
+  nll_lower_bound  E_data[E] − E_q[E] + H_lb(q) on a test batch (unnormalised: the energy's
+                   log Z is unknown on images, so it ranks nothing across runs)
+  diverged         training stopped on a non-finite loss or gradient, raised anything else
+                   (`error`), or a measure of the final evaluation is not finite
+  seconds_per_step, wall_s, energy_gap_curve   as in `toy_sweep`
+
+Outputs in the workdir (rebuilt from every `result.json` under it after each invocation):
+  results.csv   one row per run
+  results.md    per pairing: mean ± std over seeds of every measure, finished runs, ms per step
+  samples.png   per pairing, 16 samples of the lowest seed's EMA generator (`samples.npy` in
+                each run directory)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import math
+import os
+import sys
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from bdbounds.experiments import csv_text
+from bdbounds.experiments import toy_sweep as sweep
+from bdbounds.objectives import UPPER_BOUNDS
+
+IMAGE_CONFIGS = ("digits", "mnist", "cifar10", "celeba")
+PAIRINGS = tuple((lower, upper) for lower in ("jacobian", "mutual_info") for upper in UPPER_BOUNDS)
+DEFAULT_SEEDS = 3
+QUICK_SEEDS = 1
+QUICK_STEPS = 2000
+GRID_SAMPLES = 16   # samples per pairing in samples.png
+SAMPLES_FILE = "samples.npy"
+
+MEASURES = ("fid", "inception_score", "precision", "recall", "prd_f8", "prd_f1_8", "bits_per_dim",
+            "nll_lower_bound")
+CSV_COLUMNS = ("dataset", "lower", "upper", "seed", "num_steps", "status", "diverged", *MEASURES,
+               "last_step", "seconds_per_step", "wall_s", "error")
+
+
+def parse_config_name(text: str) -> tuple[str, str]:
+  """`"digits"`, `"digits:smoke"` or `"configs/digits.py:smoke"` -> `("digits", "smoke")`."""
+  path, _, preset = text.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  if name not in IMAGE_CONFIGS:
+    raise ValueError(f"--config {text!r}: choose an image config, one of {', '.join(IMAGE_CONFIGS)} "
+                     f"(2-D data have their own sweep: python -m bdbounds.experiments.toy_sweep)")
+  return name, preset
+
+
+def create_config(spec: sweep.RunSpec, num_steps: int, extra: Mapping[str, Any] = (), preset: str = ""):
+  """`configs/<spec.dataset>.py:<preset>` with the run's overrides, locked."""
+  config = sweep.config_module(spec.dataset).get_config(preset)
+  overrides = sweep.run_overrides(spec, num_steps, extra, checkpoint_every=config.checkpoint.every_steps)
+  return sweep.apply_overrides(config, overrides)
+
+
+def summarize_run(spec: sweep.RunSpec, *, num_steps: int, report: Mapping | None, records: Iterable[Mapping],
+                  error: str | None, wall_s: float) -> dict:
+  """The measures of one run from its final evaluation report (None if training raised), its
+  training records and the error it raised."""
+  records = sweep.train_records(records)
+  report = dict(report or {})
+  bad = [k for k in MEASURES if k in report and not sweep.is_finite(report[k])]
+  diverged = error is not None or not report or bool(bad)
+  if error is None and diverged:
+    error = "non-finite final evaluation: " + ", ".join(f"{k}={report.get(k)}" for k in bad)
+  result = {
+      "dataset": spec.dataset, "lower": spec.lower, "upper": spec.upper, "pairing": spec.pairing,
+      "seed": spec.seed, "num_steps": num_steps, "status": "diverged" if diverged else "finished",
+      "diverged": diverged, "last_step": int(records[-1]["step"]) if records else 0,
+      "seconds_per_step": sweep.median_seconds_per_step(records), "wall_s": float(wall_s), "error": error,
+      "energy_gap_curve": sweep.energy_gap_curve(records),
+  }
+  result.update({k: report[k] if sweep.is_finite(report.get(k)) else None for k in MEASURES})
+  return result
+
+
+def run_one(spec: sweep.RunSpec, workdir: str, num_steps: int, extra: Mapping[str, Any] = (), *,
+            preset: str = "") -> dict:
+  """Train and evaluate one run, save samples of its generator, write and return its result."""
+  from bdbounds import evaluate, writers
+
+  run_dir = spec.run_dir(workdir)
+  start = time.perf_counter()
+  with sweep.run_log(run_dir):
+    report, error, records = sweep.train_recorded(create_config(spec, num_steps, extra, preset), run_dir)
+    result = summarize_run(spec, num_steps=num_steps, report=report, records=records, error=error,
+                           wall_s=time.perf_counter() - start)
+    if not result["diverged"]:
+      import jax
+      samples = evaluate.load_generator(run_dir)(jax.random.PRNGKey(0), GRID_SAMPLES)
+      np.save(os.path.join(run_dir, SAMPLES_FILE), np.asarray(samples, np.float32))
+  writers.write_json(os.path.join(run_dir, sweep.RESULT_FILE), result)
+  return result
+
+
+def format_result_line(r: Mapping) -> str:
+  head = f"{r['dataset']} {r['pairing']} seed{r['seed']}: {r['status']}"
+  if r["diverged"]:
+    return f"{head} ({(r.get('error') or '')[:120]})"
+  bpd = f"  {r['bits_per_dim']:.3f} bits/dim" if r.get("bits_per_dim") is not None else ""
+  ms = f"  {1e3 * r['seconds_per_step']:.1f} ms/step" if r.get("seconds_per_step") else ""
+  fid = f"  FID {r['fid']:.1f}  IS {r['inception_score']:.2f}" if r.get("fid") is not None else ""
+  return f"{head}{fid}{bpd}{ms}  {r['wall_s']:.0f} s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and the figure (pure, but for reading the saved samples)
+
+
+def _pairs(results: Iterable[Mapping]) -> list[tuple[str, str]]:
+  order = list(sweep.PAIRINGS)
+  return sorted({(r["lower"], r["upper"]) for r in results}, key=order.index)
+
+
+def aggregate(results: Sequence[Mapping]) -> list[dict]:
+  """One row per data set × pairing: runs, diverged, mean ± std over the finished seeds of every
+  measure, and the median ms per step."""
+  groups = collections.defaultdict(list)
+  for r in results:
+    groups[(r["dataset"], r["lower"], r["upper"])].append(r)
+  rows = []
+  for dataset in sorted({r["dataset"] for r in results}):
+    for lower, upper in _pairs(results):
+      runs = groups.get((dataset, lower, upper))
+      if not runs:
+        continue
+      kept = [r for r in runs if not r["diverged"]]
+      row = {"dataset": dataset, "lower": lower, "upper": upper, "runs": len(runs), "finished": len(kept)}
+      for name in MEASURES:
+        row[f"{name}_mean"], row[f"{name}_std"], _ = sweep.mean_std(r.get(name) for r in kept)
+      times = [r["seconds_per_step"] for r in runs if sweep.is_finite(r.get("seconds_per_step"))]
+      row["ms_per_step"] = 1e3 * float(np.median(times)) if times else None
+      rows.append(row)
+  return rows
+
+
+_COLUMNS = (("fid", "FID", 1), ("inception_score", "IS", 2), ("precision", "precision", 2),
+            ("recall", "recall", 2), ("prd_f8", "PRD F8", 2), ("prd_f1_8", "PRD F1/8", 2),
+            ("bits_per_dim", "bits/dim", 2))
+
+
+def results_markdown(results: Sequence[Mapping]) -> str:
+  """Per data set, one row per pairing (mean ± std over seeds); then the runs that diverged."""
+  results = list(results)
+  if not results:
+    return "# Image sweep\n\nNo finished runs yet.\n"
+  steps = sorted({r["num_steps"] for r in results})
+  seeds = sorted({r["seed"] for r in results})
+  diverged = [r for r in results if r["diverged"]]
+  lines = ["# Image sweep: bound pairings on images", "",
+           f"{len(results)} runs ({len(diverged)} diverged), seeds {', '.join(map(str, seeds))}, "
+           f"{' / '.join(map(str, steps))} steps each. Mean ± sample std over the seeds that finished. "
+           "FID, IS, precision/recall and PRD of the EMA generator's samples in the config's feature "
+           "network; bits/dim from the diffusion bound (diffusion pairings only). ms/step: median over "
+           "runs of each run's median step time (compilation left out)."]
+  for dataset in sorted({r["dataset"] for r in results}):
+    lines += ["", f"## {dataset}", "",
+              "| lower + upper | " + " | ".join(c[1] for c in _COLUMNS) + " | finished | ms/step |",
+              "|---|" + "---:|" * (len(_COLUMNS) + 2)]
+    for row in (r for r in aggregate(results) if r["dataset"] == dataset):
+      cells = [sweep.format_mean_std(row[f"{k}_mean"], row[f"{k}_std"], digits) for k, _, digits in _COLUMNS]
+      ms = f"{row['ms_per_step']:.1f}" if row["ms_per_step"] is not None else "—"
+      lines.append(f"| {row['lower']} + {row['upper']} | " + " | ".join(cells)
+                   + f" | {row['finished']}/{row['runs']} | {ms} |")
+  if diverged:
+    lines += ["", "## Diverged runs", "", "| data set | pairing | seed | last logged step | reason |",
+              "|---|---|---:|---:|---|"]
+    for r in sorted(diverged, key=lambda r: (r["dataset"], r["pairing"], r["seed"])):
+      reason = " ".join((r.get("error") or "").split())[:200].replace("|", "\\|")
+      lines.append(f"| {r['dataset']} | {r['pairing']} | {r['seed']} | {r['last_step']} | {reason} |")
+  return "\n".join(lines) + "\n"
+
+
+def results_csv(results: Sequence[Mapping]) -> str:
+  order = list(sweep.PAIRINGS)
+  key = lambda r: (r["dataset"], order.index((r["lower"], r["upper"])), r["seed"])
+  return csv_text(sorted(results, key=key), CSV_COLUMNS)
+
+
+def plot_samples(results: Sequence[Mapping], workdir: str, path: str) -> bool:
+  """One panel per data set × pairing: the saved samples of its lowest finished seed, titled with
+  that run's FID. Returns False (and draws nothing) when no run saved samples."""
+  from bdbounds import plotting
+  panels = []
+  for dataset in sorted({r["dataset"] for r in results}):
+    for lower, upper in _pairs(results):
+      runs = sorted((r for r in results if (r["dataset"], r["lower"], r["upper"]) == (dataset, lower, upper)
+                     and not r["diverged"]), key=lambda r: r["seed"])
+      for r in runs:
+        file = os.path.join(sweep.RunSpec(dataset, lower, upper, r["seed"]).run_dir(workdir), SAMPLES_FILE)
+        if os.path.exists(file):
+          grid = plotting.image_grid(np.load(file), ncols=int(math.sqrt(GRID_SAMPLES)), value_range=(-1.0, 1.0))
+          fid = f"FID {r['fid']:.1f}, " if r.get("fid") is not None else ""
+          panels.append((f"{dataset} {lower}+{upper}\n{fid}seed {r['seed']}", grid))
+          break
+  if not panels:
+    return False
+  ncols = min(5, len(panels))
+  nrows = -(-len(panels) // ncols)
+  fig = sweep.new_figure(2.4 * ncols, 2.7 * nrows)
+  for i, (title, grid) in enumerate(panels):
+    ax = fig.add_subplot(nrows, ncols, i + 1)
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+  fig.savefig(path)
+  return True
+
+
+def write_reports(workdir: str, results: Sequence[Mapping]) -> list[str]:
+  """results.csv, results.md and samples.png; returns the paths written."""
+  csv_path, md_path, png_path = (os.path.join(workdir, n) for n in ("results.csv", "results.md", "samples.png"))
+  with open(csv_path, "w", encoding="utf-8", newline="") as f:
+    f.write(results_csv(results))
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write(results_markdown(results))
+  return [csv_path, md_path] + ([png_path] if results and plot_samples(results, workdir, png_path) else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m bdbounds.experiments.image_sweep", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="sweep directory (runs, tables, figure)")
+  parser.add_argument("--config", default="digits",
+                      help=f"image config, one of {', '.join(IMAGE_CONFIGS)}, with an optional ':preset' (default digits)")
+  parser.add_argument("--quick", action="store_true",
+                      help=f"the default pairings, {QUICK_SEEDS} seed, {QUICK_STEPS} steps")
+  parser.add_argument("--pairs", help=f"comma-separated lower:upper pairs (default: the {len(PAIRINGS)} "
+                                      "pairings of jacobian and mutual_info)")
+  parser.add_argument("--seeds", type=int, help=f"seeds 0..N−1 per pairing (default {DEFAULT_SEEDS})")
+  parser.add_argument("--num_steps", type=int, help="train steps per run (default: the config's)")
+  parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
+  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override for every run, repeatable (e.g. --set training.batch_size=128)")
+  args = parser.parse_args(argv)
+  if args.quick:  # defaults only: a flag given explicitly wins
+    args.seeds = QUICK_SEEDS if args.seeds is None else args.seeds
+    args.num_steps = QUICK_STEPS if args.num_steps is None else args.num_steps
+  try:
+    args.name, args.preset = parse_config_name(args.config)
+    args.pairs = sweep.parse_pairs(args.pairs) if args.pairs else list(PAIRINGS)
+    args.overrides = sweep.parse_overrides(args.overrides)
+  except ValueError as e:
+    parser.error(str(e))
+  args.seeds = DEFAULT_SEEDS if args.seeds is None else args.seeds
+  if args.seeds < 1 or args.processes < 1 or (args.num_steps is not None and args.num_steps < 1):
+    parser.error("--seeds, --processes and --num_steps must be positive")
+  if args.num_steps is None:
+    args.num_steps = int(sweep.config_module(args.name).get_config(args.preset).training.num_steps)
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+  args = parse_args(argv)
+  specs = sweep.create_runs([args.name], args.pairs, args.seeds)
+  try:  # a bad --set fails here, before any worker starts
+    create_config(specs[0], args.num_steps, args.overrides, args.preset)
+  except (ValueError, TypeError, KeyError) as e:
+    raise SystemExit(f"--set: {e}") from e
+  sweep.check_sweep_settings(args.workdir, {"config": args.config, "num_steps": args.num_steps,
+                                            "overrides": args.overrides})
+  pending = [s for s in specs if not os.path.exists(os.path.join(s.run_dir(args.workdir), sweep.RESULT_FILE))]
+  processes = min(args.processes, max(1, len(pending)))
+  plan = f"{len(pending)} to train ({args.num_steps} steps each, {processes} processes)" if pending else "0 to train"
+  print(f"{len(specs)} runs selected, {len(specs) - len(pending)} already done, {plan}", flush=True)
+  sweep.execute(pending, args.workdir, args.num_steps, args.overrides, processes,
+                run_fn=functools.partial(run_one, preset=args.preset), format_fn=format_result_line)
+  results = sweep.load_results(args.workdir)
+  for path in write_reports(args.workdir, results):
+    print(f"wrote {path}")
+  return results
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
