@@ -3,7 +3,10 @@
     python bench/step_time.py                       # every pairing, default toy config
     python bench/step_time.py --pairs jacobian:latent_fisher --steps 500
 
-The step is timed alone (batch already on the device), warm, with `block_until_ready`.
+The step is timed alone (batch already on the device), warm, with `block_until_ready`. Each row
+also gives the step's arithmetic (XLA's cost analysis of the compiled step) and the rate it ran
+at; the header gives the rate of one 400×100×100 matrix product, the shape of the toy networks'
+layers, as this machine's yardstick: a step cannot run much faster than its arithmetic at that rate.
 """
 
 import argparse
@@ -21,7 +24,8 @@ from bdbounds import objectives, parallel, train  # noqa: E402
 from configs import toy  # noqa: E402
 
 
-def time_pairing(lower: str, upper: str, num_steps: int, preset: str) -> tuple[float, float]:
+def time_pairing(lower: str, upper: str, num_steps: int, preset: str) -> tuple[float, float, float]:
+  """`(median ms per step, GFLOP per step, compile s)`."""
   config = toy.get_config(preset)
   with config.unlocked():
     config.bounds.lower, config.bounds.upper = lower, upper
@@ -33,16 +37,34 @@ def time_pairing(lower: str, upper: str, num_steps: int, preset: str) -> tuple[f
   key = jax.random.PRNGKey(1)
   batches = [batch_fn(i) for i in range(num_steps + 1)]
   start = time.perf_counter()
+  step = step.lower(state, batches[0], key).compile()
+  compile_s = time.perf_counter() - start
+  cost = step.cost_analysis()
+  gflop = float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", float("nan"))) / 1e9
   state, metrics = step(state, batches[0], key)
   jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - start
   times = []
   for batch in batches[1:]:
     start = time.perf_counter()
     state, metrics = step(state, batch, key)
     jax.block_until_ready(state.step)
     times.append(time.perf_counter() - start)
-  return float(np.median(times)) * 1e3, compile_s
+  return float(np.median(times)) * 1e3, gflop, compile_s
+
+
+def matmul_gflops(repeats: int = 2000) -> float:
+  """GFLOP/s of one jitted [400, 100] × [100, 100] product, the median of 5 timings."""
+  a, b = jax.numpy.ones((400, 100)), jax.numpy.ones((100, 100))
+  product = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(product(a, b))
+  rates = []
+  for _ in range(5):
+    start = time.perf_counter()
+    for _ in range(repeats):
+      out = product(a, b)
+    jax.block_until_ready(out)
+    rates.append(2 * 400 * 100 * 100 * repeats / (time.perf_counter() - start) / 1e9)
+  return float(np.median(rates))
 
 
 def main():
@@ -53,11 +75,13 @@ def main():
   args = parser.parse_args()
   pairs = ([tuple(p.split(":")) for p in args.pairs] if args.pairs
            else list(itertools.product(objectives.LOWER_BOUNDS, objectives.UPPER_BOUNDS)))
-  print(f"devices: {jax.devices()}  batch 200, MLP width 100\n")
-  print("| lower | upper | median step (ms) | compile (s) |\n|---|---|---:|---:|")
+  print(f"devices: {jax.devices()}  batch 200, MLP width 100")
+  print(f"yardstick: a 400×100×100 matrix product runs at {matmul_gflops():.0f} GFLOP/s\n")
+  print("| lower | upper | median step (ms) | GFLOP per step | GFLOP/s | compile (s) |\n"
+        "|---|---|---:|---:|---:|---:|")
   for lower, upper in pairs:
-    ms, compile_s = time_pairing(lower, upper, args.steps, args.preset)
-    print(f"| {lower} | {upper} | {ms:.2f} | {compile_s:.1f} |", flush=True)
+    ms, gflop, compile_s = time_pairing(lower, upper, args.steps, args.preset)
+    print(f"| {lower} | {upper} | {ms:.2f} | {gflop:.3f} | {gflop / ms * 1e3:.0f} | {compile_s:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
