@@ -45,6 +45,14 @@ def test_config_names_take_a_path_or_a_name_and_a_preset_and_refuse_2d_data():
   assert (full.seeds, full.num_steps, full.pairs) == (3, 8_000, [("jacobian_exact", "none")])
 
 
+def test_a_data_set_that_is_not_prepared_stops_the_sweep_before_any_run(tmp_path):
+  argv = [f"--workdir={tmp_path}", "--config=cifar10:smoke", "--pairs=jacobian:none", "--seeds=1",
+          f"--set=data.data_dir={tmp_path / 'no_data'}"]
+  with pytest.raises(SystemExit, match="tfds build cifar10"):
+    image_sweep.main(argv)
+  assert not list(tmp_path.glob("cifar10/*"))
+
+
 def test_a_run_evaluates_at_its_end_and_keeps_the_configs_checkpoints():
   spec = toy_sweep.RunSpec("digits", "mutual_info", "r1", 2)
   config = image_sweep.create_config(spec, 8_000, {"training.batch_size": 32})

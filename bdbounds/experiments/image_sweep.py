@@ -291,9 +291,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   args = parse_args(argv)
   specs = sweep.create_runs([args.name], args.pairs, args.seeds)
   try:  # a bad --set fails here, before any worker starts
-    create_config(specs[0], args.num_steps, args.overrides, args.preset)
+    config = create_config(specs[0], args.num_steps, args.overrides, args.preset)
   except (ValueError, TypeError, KeyError) as e:
     raise SystemExit(f"--set: {e}") from e
+  from bdbounds import train
+  try:  # and so does a data set that is not on this machine, with what to do about it
+    train.build_experiment(config)
+  except FileNotFoundError as e:
+    raise SystemExit(str(e)) from e
   sweep.check_sweep_settings(args.workdir, {"config": args.config, "num_steps": args.num_steps,
                                             "overrides": args.overrides})
   pending = [s for s in specs if not os.path.exists(os.path.join(s.run_dir(args.workdir), sweep.RESULT_FILE))]
