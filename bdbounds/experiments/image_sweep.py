@@ -57,7 +57,6 @@ from bdbounds.objectives import UPPER_BOUNDS
 
 IMAGE_CONFIGS = ("digits", "mnist", "cifar10", "celeba")
 PAIRINGS = tuple((lower, upper) for lower in ("jacobian", "mutual_info") for upper in UPPER_BOUNDS)
-DEFAULT_SEEDS = 3
 QUICK_SEEDS = 1
 QUICK_STEPS = 2000
 GRID_SAMPLES = 16   # samples per pairing in samples.png
@@ -127,9 +126,9 @@ def run_one(spec: sweep.RunSpec, workdir: str, num_steps: int, extra: Mapping[st
 
 
 def format_result_line(r: Mapping) -> str:
-  head = f"{r['dataset']} {r['pairing']} seed{r['seed']}: {r['status']}"
-  if r["diverged"]:
-    return f"{head} ({(r.get('error') or '')[:120]})"
+  head, done = sweep.result_head(r)
+  if done:
+    return head
   bpd = f"  {r['bits_per_dim']:.3f} bits/dim" if r.get("bits_per_dim") is not None else ""
   ms = f"  {1e3 * r['seconds_per_step']:.1f} ms/step" if r.get("seconds_per_step") else ""
   fid = f"  FID {r['fid']:.1f}  IS {r['inception_score']:.2f}" if r.get("fid") is not None else ""
@@ -195,12 +194,7 @@ def results_markdown(results: Sequence[Mapping]) -> str:
       ms = f"{row['ms_per_step']:.1f}" if row["ms_per_step"] is not None else "—"
       lines.append(f"| {row['lower']} + {row['upper']} | " + " | ".join(cells)
                    + f" | {row['finished']}/{row['runs']} | {ms} |")
-  if diverged:
-    lines += ["", "## Diverged runs", "", "| data set | pairing | seed | last logged step | reason |",
-              "|---|---|---:|---:|---|"]
-    for r in sorted(diverged, key=lambda r: (r["dataset"], r["pairing"], r["seed"])):
-      reason = " ".join((r.get("error") or "").split())[:200].replace("|", "\\|")
-      lines.append(f"| {r['dataset']} | {r['pairing']} | {r['seed']} | {r['last_step']} | {reason} |")
+  lines += sweep.diverged_runs_markdown(results, key=lambda r: (r["dataset"], r["pairing"], r["seed"]))
   return "\n".join(lines) + "\n"
 
 
@@ -264,26 +258,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help=f"the default pairings, {QUICK_SEEDS} seed, {QUICK_STEPS} steps")
   parser.add_argument("--pairs", help=f"comma-separated lower:upper pairs (default: the {len(PAIRINGS)} "
                                       "pairings of jacobian and mutual_info)")
-  parser.add_argument("--seeds", type=int, help=f"seeds 0..N−1 per pairing (default {DEFAULT_SEEDS})")
-  parser.add_argument("--num_steps", type=int, help="train steps per run (default: the config's)")
-  parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
-  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="config override for every run, repeatable (e.g. --set training.batch_size=128)")
+  sweep.add_run_flags(parser, "training.batch_size=128")
   args = parser.parse_args(argv)
   if args.quick:  # defaults only: a flag given explicitly wins
     args.seeds = QUICK_SEEDS if args.seeds is None else args.seeds
     args.num_steps = QUICK_STEPS if args.num_steps is None else args.num_steps
   try:
     args.name, args.preset = parse_config_name(args.config)
-    args.pairs = sweep.parse_pairs(args.pairs) if args.pairs else list(PAIRINGS)
-    args.overrides = sweep.parse_overrides(args.overrides)
   except ValueError as e:
     parser.error(str(e))
-  args.seeds = DEFAULT_SEEDS if args.seeds is None else args.seeds
-  if args.seeds < 1 or args.processes < 1 or (args.num_steps is not None and args.num_steps < 1):
-    parser.error("--seeds, --processes and --num_steps must be positive")
-  if args.num_steps is None:
-    args.num_steps = int(sweep.config_module(args.name).get_config(args.preset).training.num_steps)
+  sweep.finish_run_flags(parser, args, PAIRINGS, lambda: sweep.config_module(args.name).get_config(args.preset))
   return args
 
 
@@ -301,16 +285,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     raise SystemExit(str(e)) from e
   sweep.check_sweep_settings(args.workdir, {"config": args.config, "num_steps": args.num_steps,
                                             "overrides": args.overrides})
-  pending = [s for s in specs if not os.path.exists(os.path.join(s.run_dir(args.workdir), sweep.RESULT_FILE))]
-  processes = min(args.processes, max(1, len(pending)))
-  plan = f"{len(pending)} to train ({args.num_steps} steps each, {processes} processes)" if pending else "0 to train"
-  print(f"{len(specs)} runs selected, {len(specs) - len(pending)} already done, {plan}", flush=True)
-  sweep.execute(pending, args.workdir, args.num_steps, args.overrides, processes,
-                run_fn=functools.partial(run_one, preset=args.preset), format_fn=format_result_line)
-  results = sweep.load_results(args.workdir)
-  for path in write_reports(args.workdir, results):
-    print(f"wrote {path}")
-  return results
+  return sweep.run_sweep(specs, args, write_reports, run_fn=functools.partial(run_one, preset=args.preset),
+                         format_fn=format_result_line)
 
 
 if __name__ == "__main__":

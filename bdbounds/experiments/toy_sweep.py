@@ -518,10 +518,17 @@ def execute(specs: Sequence[RunSpec], workdir: str, num_steps: int, extra: Mappi
   return done
 
 
-def format_result_line(r: Mapping) -> str:
+def result_head(r: Mapping) -> tuple[str, bool]:
+  """`(line, done)`: the start of a run's progress line, and whether it is already whole (the
+  run diverged: its error follows)."""
   head = f"{r['dataset']} {r['pairing']} seed{r['seed']}: {r['status']}"
-  if r["diverged"]:
-    return f"{head} ({(r.get('error') or '')[:120]})"
+  return (f"{head} ({(r.get('error') or '')[:120]})", True) if r["diverged"] else (head, False)
+
+
+def format_result_line(r: Mapping) -> str:
+  head, done = result_head(r)
+  if done:
+    return head
   kl = f"KL {r['kl_data_model']:.3f}  " if r.get("kl_data_model") is not None else ""
   ms = f"{1e3 * r['seconds_per_step']:.2f} ms/step  " if r.get("seconds_per_step") else ""
   return f"{head}  {kl}NLL {r['nll']:.3f}  {ms}{r['wall_s']:.0f} s"
@@ -651,15 +658,22 @@ def results_markdown(results: Sequence[Mapping]) -> str:
   lines.append("| **all** | " + " | ".join(
       f"**{c}/{n} ({100 * c / n:.0f} %)**" if n else "—" for c, n in totals.values()) + " |")
 
-  failed = [r for r in results if r["diverged"]]
-  if failed:
-    lines += ["", "## Diverged runs", "", "| data set | pairing | seed | last logged step | reason |",
-              "|---|---|---:|---:|---|"]
-    for r in sorted(failed, key=lambda r: (datasets.index(r["dataset"]), pairs.index((r["lower"], r["upper"])),
-                                           r["seed"])):
-      reason = " ".join((r.get("error") or "").split())[:200].replace("|", "\\|")
-      lines.append(f"| {r['dataset']} | {r['pairing']} | {r['seed']} | {r['last_step']} | {reason} |")
+  lines += diverged_runs_markdown(results, key=lambda r: (datasets.index(r["dataset"]),
+                                                          pairs.index((r["lower"], r["upper"])), r["seed"]))
   return "\n".join(lines) + "\n"
+
+
+def diverged_runs_markdown(results: Sequence[Mapping], key) -> list[str]:
+  """Lines of a "Diverged runs" section (none if no run diverged), rows sorted by `key`."""
+  failed = sorted((r for r in results if r["diverged"]), key=key)
+  if not failed:
+    return []
+  lines = ["", "## Diverged runs", "", "| data set | pairing | seed | last logged step | reason |",
+           "|---|---|---:|---:|---|"]
+  for r in failed:
+    reason = " ".join((r.get("error") or "").split())[:200].replace("|", "\\|")
+    lines.append(f"| {r['dataset']} | {r['pairing']} | {r['seed']} | {r['last_step']} | {reason} |")
+  return lines
 
 
 def results_csv(results: Sequence[Mapping]) -> str:
@@ -855,6 +869,15 @@ def check_sweep_settings(workdir: str, settings: Mapping) -> None:
     json.dump(settings, f, indent=2)
 
 
+def add_run_flags(parser: argparse.ArgumentParser, set_example: str) -> None:
+  """The flags every sweep has: seeds, step budget, processes and config overrides."""
+  parser.add_argument("--seeds", type=int, help=f"seeds 0..N−1 per data set and pairing (default {DEFAULT_SEEDS})")
+  parser.add_argument("--num_steps", type=int, help="train steps per run (default: the config's)")
+  parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
+  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help=f"config override for every run, repeatable (e.g. --set {set_example})")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m bdbounds.experiments.toy_sweep", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -864,11 +887,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            f"{QUICK_SEEDS} seeds, {QUICK_STEPS} steps")
   parser.add_argument("--datasets", help=f"comma-separated, from {', '.join(TOY_DATASETS)} (default: all)")
   parser.add_argument("--pairs", help="comma-separated lower:upper pairs (default: all 15)")
-  parser.add_argument("--seeds", type=int, help=f"seeds 0..N−1 per data set and pairing (default {DEFAULT_SEEDS})")
-  parser.add_argument("--num_steps", type=int, help="train steps per run (default: the config's)")
-  parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
-  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="config override for every run, repeatable (e.g. --set bounds.upper_weight=0.1)")
+  add_run_flags(parser, "bounds.upper_weight=0.1")
   args = parser.parse_args(argv)
   if args.quick:  # defaults only: a flag given explicitly wins
     args.datasets = ",".join(QUICK_DATASETS) if args.datasets is None else args.datasets
@@ -879,7 +898,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = [d for d in args.datasets if d not in TOY_DATASETS]
     if unknown:
       raise ValueError(f"--datasets: unknown {unknown}; choose from {', '.join(TOY_DATASETS)}")
-    args.pairs = parse_pairs(args.pairs) if args.pairs else list(PAIRINGS)
+  except ValueError as e:
+    parser.error(str(e))
+  finish_run_flags(parser, args, PAIRINGS, lambda: config_module("toy").get_config())
+  return args
+
+
+def finish_run_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, default_pairs, get_config) -> None:
+  """Parse `--pairs` and `--set`, check the counts, and fill the defaults left: the seeds, and
+  the step budget from `get_config()`."""
+  try:
+    args.pairs = parse_pairs(args.pairs) if args.pairs else list(default_pairs)
     args.overrides = parse_overrides(args.overrides)
   except ValueError as e:
     parser.error(str(e))
@@ -887,8 +916,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   if args.seeds < 1 or args.processes < 1 or (args.num_steps is not None and args.num_steps < 1):
     parser.error("--seeds, --processes and --num_steps must be positive")
   if args.num_steps is None:
-    args.num_steps = int(config_module("toy").get_config().training.num_steps)
-  return args
+    args.num_steps = int(get_config().training.num_steps)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -900,13 +928,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     except (ValueError, TypeError, KeyError) as e:
       raise SystemExit(f"--set: {e}") from e
   check_sweep_settings(args.workdir, {"num_steps": args.num_steps, "overrides": args.overrides})
+  return run_sweep(specs, args, write_reports)
+
+
+def run_sweep(specs: Sequence[RunSpec], args: argparse.Namespace, write_reports_fn, **execute_kwargs) -> list[dict]:
+  """Train the runs of `specs` that have no result yet (`execute`), then rebuild the reports from
+  every result in `args.workdir`; returns the results."""
   pending = [s for s in specs if not os.path.exists(os.path.join(s.run_dir(args.workdir), RESULT_FILE))]
   processes = min(args.processes, max(1, len(pending)))
   plan = f"{len(pending)} to train ({args.num_steps} steps each, {processes} processes)" if pending else "0 to train"
   print(f"{len(specs)} runs selected, {len(specs) - len(pending)} already done, {plan}", flush=True)
-  execute(pending, args.workdir, args.num_steps, args.overrides, processes)
+  execute(pending, args.workdir, args.num_steps, args.overrides, processes, **execute_kwargs)
   results = load_results(args.workdir)
-  for path in write_reports(args.workdir, results):
+  for path in write_reports_fn(args.workdir, results):
     print(f"wrote {path}")
   return results
 
