@@ -41,7 +41,6 @@ Outputs in the workdir (rebuilt from every `result.json` under it after each inv
 from __future__ import annotations
 
 import argparse
-import collections
 import functools
 import math
 import os
@@ -51,7 +50,6 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bdbounds.experiments import csv_text
 from bdbounds.experiments import toy_sweep as sweep
 from bdbounds.objectives import UPPER_BOUNDS
 
@@ -126,43 +124,31 @@ def run_one(spec: sweep.RunSpec, workdir: str, num_steps: int, extra: Mapping[st
 
 
 def format_result_line(r: Mapping) -> str:
-  head, done = sweep.result_head(r)
-  if done:
-    return head
-  bpd = f"  {r['bits_per_dim']:.3f} bits/dim" if r.get("bits_per_dim") is not None else ""
-  ms = f"  {1e3 * r['seconds_per_step']:.1f} ms/step" if r.get("seconds_per_step") else ""
-  fid = f"  FID {r['fid']:.1f}  IS {r['inception_score']:.2f}" if r.get("fid") is not None else ""
-  return f"{head}{fid}{bpd}{ms}  {r['wall_s']:.0f} s"
+  return sweep.format_result_line(r, details=_image_details)
+
+
+def _image_details(r: Mapping) -> str:
+  fid = f"FID {r['fid']:.1f}  IS {r['inception_score']:.2f}  " if r.get("fid") is not None else ""
+  bpd = f"{r['bits_per_dim']:.3f} bits/dim  " if r.get("bits_per_dim") is not None else ""
+  ms = f"{1e3 * r['seconds_per_step']:.1f} ms/step  " if r.get("seconds_per_step") else ""
+  return f"{fid}{bpd}{ms}{r['wall_s']:.0f} s"
 
 
 # ---------------------------------------------------------------------------------------------
 # Tables and the figure (pure, but for reading the saved samples)
 
 
-def _pairs(results: Iterable[Mapping]) -> list[tuple[str, str]]:
-  order = list(sweep.PAIRINGS)
-  return sorted({(r["lower"], r["upper"]) for r in results}, key=order.index)
-
-
 def aggregate(results: Sequence[Mapping]) -> list[dict]:
   """One row per data set × pairing: runs, diverged, mean ± std over the finished seeds of every
   measure, and the median ms per step."""
-  groups = collections.defaultdict(list)
-  for r in results:
-    groups[(r["dataset"], r["lower"], r["upper"])].append(r)
   rows = []
-  for dataset in sorted({r["dataset"] for r in results}):
-    for lower, upper in _pairs(results):
-      runs = groups.get((dataset, lower, upper))
-      if not runs:
-        continue
-      kept = [r for r in runs if not r["diverged"]]
-      row = {"dataset": dataset, "lower": lower, "upper": upper, "runs": len(runs), "finished": len(kept)}
-      for name in MEASURES:
-        row[f"{name}_mean"], row[f"{name}_std"], _ = sweep.mean_std(r.get(name) for r in kept)
-      times = [r["seconds_per_step"] for r in runs if sweep.is_finite(r.get("seconds_per_step"))]
-      row["ms_per_step"] = 1e3 * float(np.median(times)) if times else None
-      rows.append(row)
+  for dataset, lower, upper, runs in sweep.grouped_runs(results):
+    kept = [r for r in runs if not r["diverged"]]
+    row = {"dataset": dataset, "lower": lower, "upper": upper, "runs": len(runs), "finished": len(kept)}
+    for name in MEASURES:
+      row[f"{name}_mean"], row[f"{name}_std"], _ = sweep.mean_std(r.get(name) for r in kept)
+    row["ms_per_step"] = sweep.median_ms_per_step(runs)
+    rows.append(row)
   return rows
 
 
@@ -199,9 +185,7 @@ def results_markdown(results: Sequence[Mapping]) -> str:
 
 
 def results_csv(results: Sequence[Mapping]) -> str:
-  order = list(sweep.PAIRINGS)
-  key = lambda r: (r["dataset"], order.index((r["lower"], r["upper"])), r["seed"])
-  return csv_text(sorted(results, key=key), CSV_COLUMNS)
+  return sweep.results_csv(results, CSV_COLUMNS)
 
 
 def plot_samples(results: Sequence[Mapping], workdir: str, path: str) -> bool:
@@ -209,17 +193,14 @@ def plot_samples(results: Sequence[Mapping], workdir: str, path: str) -> bool:
   that run's FID. Returns False (and draws nothing) when no run saved samples."""
   from bdbounds import plotting
   panels = []
-  for dataset in sorted({r["dataset"] for r in results}):
-    for lower, upper in _pairs(results):
-      runs = sorted((r for r in results if (r["dataset"], r["lower"], r["upper"]) == (dataset, lower, upper)
-                     and not r["diverged"]), key=lambda r: r["seed"])
-      for r in runs:
-        file = os.path.join(sweep.RunSpec(dataset, lower, upper, r["seed"]).run_dir(workdir), SAMPLES_FILE)
-        if os.path.exists(file):
-          grid = plotting.image_grid(np.load(file), ncols=int(math.sqrt(GRID_SAMPLES)), value_range=(-1.0, 1.0))
-          fid = f"FID {r['fid']:.1f}, " if r.get("fid") is not None else ""
-          panels.append((f"{dataset} {lower}+{upper}\n{fid}seed {r['seed']}", grid))
-          break
+  for dataset, lower, upper, runs in sweep.grouped_runs(results):
+    for r in sorted((r for r in runs if not r["diverged"]), key=lambda r: r["seed"]):
+      file = os.path.join(sweep.RunSpec(dataset, lower, upper, r["seed"]).run_dir(workdir), SAMPLES_FILE)
+      if os.path.exists(file):
+        grid = plotting.image_grid(np.load(file), ncols=int(math.sqrt(GRID_SAMPLES)), value_range=(-1.0, 1.0))
+        fid = f"FID {r['fid']:.1f}, " if r.get("fid") is not None else ""
+        panels.append((f"{dataset} {lower}+{upper}\n{fid}seed {r['seed']}", grid))
+        break
   if not panels:
     return False
   ncols = min(5, len(panels))

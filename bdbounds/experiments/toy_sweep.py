@@ -105,7 +105,7 @@ import shutil
 import sys
 import time
 import traceback
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -518,20 +518,19 @@ def execute(specs: Sequence[RunSpec], workdir: str, num_steps: int, extra: Mappi
   return done
 
 
-def result_head(r: Mapping) -> tuple[str, bool]:
-  """`(line, done)`: the start of a run's progress line, and whether it is already whole (the
-  run diverged: its error follows)."""
+def format_result_line(r: Mapping, details=None) -> str:
+  """A finished run's progress line: data set, pairing, seed and status, then `details(r)`
+  (default: the toy measures), or the error of a run that diverged."""
   head = f"{r['dataset']} {r['pairing']} seed{r['seed']}: {r['status']}"
-  return (f"{head} ({(r.get('error') or '')[:120]})", True) if r["diverged"] else (head, False)
+  if r["diverged"]:
+    return f"{head} ({(r.get('error') or '')[:120]})"
+  return f"{head}  {(details or _toy_details)(r)}"
 
 
-def format_result_line(r: Mapping) -> str:
-  head, done = result_head(r)
-  if done:
-    return head
+def _toy_details(r: Mapping) -> str:
   kl = f"KL {r['kl_data_model']:.3f}  " if r.get("kl_data_model") is not None else ""
   ms = f"{1e3 * r['seconds_per_step']:.2f} ms/step  " if r.get("seconds_per_step") else ""
-  return f"{head}  {kl}NLL {r['nll']:.3f}  {ms}{r['wall_s']:.0f} s"
+  return f"{kl}NLL {r['nll']:.3f}  {ms}{r['wall_s']:.0f} s"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,29 +553,38 @@ def mean_std(values: Iterable) -> tuple[float | None, float | None, int]:
   return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None), len(v)
 
 
-def aggregate(results: Sequence[Mapping]) -> list[dict]:
-  """One row per data set × pairing: counts, mean ± std over seeds of KL, NLL and the sandwich
-  gap (runs that did not diverge), and the median ms per step."""
+def grouped_runs(results: Sequence[Mapping]) -> Iterator[tuple[str, str, str, list[Mapping]]]:
+  """`(data set, lower, upper, runs)` for every cell of the grid that has runs, in table order."""
   datasets, pairs = _order(results)
   groups = collections.defaultdict(list)
   for r in results:
     groups[(r["dataset"], r["lower"], r["upper"])].append(r)
-  rows = []
   for dataset in datasets:
     for lower, upper in pairs:
-      runs = groups.get((dataset, lower, upper))
-      if not runs:
-        continue
-      kept = [r for r in runs if not r["diverged"]]
-      row = {"dataset": dataset, "lower": lower, "upper": upper, "runs": len(runs),
-             "converged": sum(bool(r["converged"]) for r in runs),
-             "diverged": sum(bool(r["diverged"]) for r in runs),
-             "collapsed": sum(bool(r["collapsed"]) for r in runs)}
-      for name in ("kl_data_model", "nll", "sandwich_gap"):
-        row[f"{name}_mean"], row[f"{name}_std"], _ = mean_std(r.get(name) for r in kept)
-      times = [r["seconds_per_step"] for r in runs if is_finite(r.get("seconds_per_step"))]
-      row["ms_per_step"] = 1e3 * float(np.median(times)) if times else None
-      rows.append(row)
+      if (dataset, lower, upper) in groups:
+        yield dataset, lower, upper, groups[(dataset, lower, upper)]
+
+
+def median_ms_per_step(runs: Iterable[Mapping]) -> float | None:
+  """Median over runs of each run's median step time, in ms."""
+  times = [r["seconds_per_step"] for r in runs if is_finite(r.get("seconds_per_step"))]
+  return 1e3 * float(np.median(times)) if times else None
+
+
+def aggregate(results: Sequence[Mapping]) -> list[dict]:
+  """One row per data set × pairing: counts, mean ± std over seeds of KL, NLL and the sandwich
+  gap (runs that did not diverge), and the median ms per step."""
+  rows = []
+  for dataset, lower, upper, runs in grouped_runs(results):
+    kept = [r for r in runs if not r["diverged"]]
+    row = {"dataset": dataset, "lower": lower, "upper": upper, "runs": len(runs),
+           "converged": sum(bool(r["converged"]) for r in runs),
+           "diverged": sum(bool(r["diverged"]) for r in runs),
+           "collapsed": sum(bool(r["collapsed"]) for r in runs)}
+    for name in ("kl_data_model", "nll", "sandwich_gap"):
+      row[f"{name}_mean"], row[f"{name}_std"], _ = mean_std(r.get(name) for r in kept)
+    row["ms_per_step"] = median_ms_per_step(runs)
+    rows.append(row)
   return rows
 
 
@@ -676,11 +684,11 @@ def diverged_runs_markdown(results: Sequence[Mapping], key) -> list[str]:
   return lines
 
 
-def results_csv(results: Sequence[Mapping]) -> str:
+def results_csv(results: Sequence[Mapping], columns: Sequence[str] = CSV_COLUMNS) -> str:
   """One row per run, in table order; missing values empty."""
   datasets, pairs = _order(results)
   key = lambda r: (datasets.index(r["dataset"]), pairs.index((r["lower"], r["upper"])), r["seed"])
-  return csv_text(sorted(results, key=key), CSV_COLUMNS)
+  return csv_text(sorted(results, key=key), columns)
 
 
 # ---------------------------------------------------------------------------------------------
