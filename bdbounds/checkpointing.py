@@ -16,6 +16,13 @@ that fixes the choices every training script would otherwise repeat:
   warning. A job killed while copying or writing checkpoints should lose at
   most one checkpoint interval, not the run.
 
+What it logs (logger ``bdbounds.checkpointing``), one line per event: INFO
+``checkpoint saved at step N`` once a save is known to be committed (at the
+next :meth:`~Checkpointer.save`, :meth:`~Checkpointer.wait`,
+:meth:`~Checkpointer.close` or :meth:`~Checkpointer.restore`, which wait for
+it), and a WARNING per checkpoint that restore skips. Orbax's own lines go
+through absl's logger; see :mod:`bdbounds.logs` for what the terminal shows.
+
 How Orbax marks a checkpoint complete: every finished step directory
 contains a ``commit_success.txt`` file, the last file a save writes.
 On local disks Orbax writes into ``<step>.orbax-checkpoint-tmp`` and renames
@@ -34,6 +41,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import time
 from typing import Any
 
 import jax
@@ -89,6 +98,8 @@ class Checkpointer:
     # deletes them (see `_drop_abandoned`).
     self._abandoned: set[int] = set()
     self._restored_step: int | None = None
+    # The step of the save still in the background, logged once it is known to be committed.
+    self._pending: int | None = None
 
   @property
   def directory(self) -> epath.Path:
@@ -124,7 +135,8 @@ class Checkpointer:
 
     Returns once the arrays have been copied off the device (so the caller may
     donate or overwrite them); the files are written in the background. Call
-    :meth:`wait` to make the checkpoint durable.
+    :meth:`wait` to make the checkpoint durable. The previous save is waited for
+    first (Orbax would wait for it anyway), and logged as saved.
 
     Like Orbax, this skips (with a warning) a step that is not newer than
     :meth:`latest_step` unless ``force=True``; with ``force``, a step that
@@ -143,6 +155,7 @@ class Checkpointer:
       json.dumps(extra)
     except (TypeError, ValueError) as e:
       raise TypeError(f"`extra` must be JSON-serialisable: {e}") from e
+    self._finish_pending()
     self._drop_abandoned()
     saved = self._manager.save(
         step,
@@ -151,7 +164,9 @@ class Checkpointer:
         ),
         force=force,
     )
-    if not saved:
+    if saved:
+      self._pending = step
+    else:
       logger.warning(
           "Checkpoint for step %d was not saved: the latest checkpoint in %s is"
           " step %s, and Orbax only saves newer steps unless force=True.",
@@ -183,7 +198,7 @@ class Checkpointer:
     """
     # A save still in flight has no commit marker yet; let it finish rather
     # than skip it as incomplete.
-    self._manager.wait_until_finished()
+    self._finish_pending()
     steps = self.all_steps()
     if step is not None:
       if step not in steps:
@@ -196,16 +211,17 @@ class Checkpointer:
         raise CheckpointNotFoundError(
             f"Checkpoint for step {step} in {self._directory} is incomplete: {reason}."
         )
-      return self._restore_step(template, step)
+      return self._read(template, step)
 
     if not steps:
       raise CheckpointNotFoundError(f"No checkpoint found in {self._directory}.")
     failures = []
-    for candidate in reversed(steps):
+    for i in reversed(range(len(steps))):
+      candidate = steps[i]
       reason = self._incomplete_reason(candidate)
       if reason is None:
         try:
-          restored = self._restore_step(template, candidate)
+          restored = self._read(template, candidate)
         except Exception as e:  # pylint: disable=broad-except
           # Orbax and TensorStore raise a variety of types for missing and
           # truncated files (ValueError, FileNotFoundError, OSError, ...), so
@@ -220,10 +236,11 @@ class Checkpointer:
           self._abandoned.update(s for s, _ in failures)
           return restored
       failures.append((candidate, reason))
-      logger.warning(
-          "Checkpoint for step %d in %s is not usable (%s); skipping it.",
-          candidate, self._directory, reason,
-      )
+      if i > 0:  # the last one is named by the error below
+        logger.warning(
+            "checkpoint %d is not usable (%s); restoring step %d",
+            candidate, reason, steps[i - 1],
+        )
     details = "; ".join(f"step {s}: {r}" for s, r in failures)
     raise CheckpointNotFoundError(
         f"No readable checkpoint in {self._directory} ({details})."
@@ -231,10 +248,11 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until pending saves are committed; re-raises their errors."""
-    self._manager.wait_until_finished()
+    self._finish_pending()
 
   def close(self) -> None:
     """Waits for pending saves and releases Orbax's resources."""
+    self._finish_pending()
     self._manager.close()
 
   def __enter__(self) -> Checkpointer:
@@ -242,6 +260,17 @@ class Checkpointer:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+  def _finish_pending(self) -> None:
+    """Waits for the save in the background, and says it was saved once it is."""
+    step, self._pending = self._pending, None
+    self._manager.wait_until_finished()  # raises the save's error, if it failed
+    if step is not None:
+      logger.info("checkpoint saved at step %d", step)
+
+  def _read(self, template: Any, step: int) -> tuple[Any, dict]:
+    with _AbandonedReadErrors(step):
+      return self._restore_step(template, step)
 
   def _restore_step(self, template: Any, step: int) -> tuple[Any, dict]:
     restored = self._manager.restore(
@@ -259,7 +288,7 @@ class Checkpointer:
   def _incomplete_reason(self, step: int) -> str | None:
     """Why ``step`` is not a committed checkpoint, or ``None`` if it is."""
     if not (self._directory / str(step) / _COMMIT_MARKER).exists():
-      return f"no Orbax commit marker '{_COMMIT_MARKER}' (partially written or copied)"
+      return f"no Orbax commit marker '{_COMMIT_MARKER}': partially written or copied"
     return None
 
   def _drop_abandoned(self) -> None:
@@ -275,11 +304,80 @@ class Checkpointer:
     existing = set(self._manager.all_steps())
     for step in sorted(self._abandoned & existing):
       logger.warning(
-          "Deleting unreadable checkpoint for step %d in %s: the run resumed from"
-          " step %s.", step, self._directory, self._restored_step,
+          "deleting unusable checkpoint %d: the run went on from step %s",
+          step, self._restored_step,
       )
       self._manager.delete(step)
     self._abandoned.clear()
+
+
+class _AbandonedReadErrors:
+  """Keeps the reads a failed restore abandons from printing a traceback each.
+
+  When one array of a checkpoint cannot be read, Orbax's restore raises and
+  closes its asyncio loop while TensorStore is still reading the other arrays.
+  As each of those reads ends, a TensorStore thread calls
+  ``loop.call_soon_threadsafe`` on the closed loop, and the ``RuntimeError:
+  Event loop is closed`` goes to ``sys.unraisablehook``, which prints it with
+  its traceback: dozens of them for one unreadable checkpoint. Nobody waits for
+  those results, so while this is entered exactly that error is sent to the
+  debug log instead (the first with its traceback); every other one goes on to
+  the previous hook. After a failed read it waits for the stragglers to stop
+  (a short quiet period, bounded) before putting the previous hook back.
+  """
+
+  _QUIET_S = 0.2  # no late error for this long: the abandoned reads are done
+  _MAX_WAIT_S = 2.0
+
+  def __init__(self, step: int):
+    self._step = step
+    self._active = False
+    self._dropped = 0
+    self._last = 0.0
+
+  def __enter__(self):
+    self._previous = sys.unraisablehook
+    self._active = True
+    sys.unraisablehook = self._hook
+    return self
+
+  def __exit__(self, exc_type, *_):
+    if exc_type is not None:
+      start = self._last = time.monotonic()
+      while (time.monotonic() - self._last < self._QUIET_S
+             and time.monotonic() - start < self._MAX_WAIT_S):
+        time.sleep(0.02)
+    self._active = False
+    if sys.unraisablehook == self._hook:  # unless someone installed theirs since
+      sys.unraisablehook = self._previous
+    if self._dropped:
+      logger.debug("Dropped %d 'Event loop is closed' errors of reads abandoned by the"
+                   " failed restore of step %d.", self._dropped, self._step)
+
+  def _hook(self, unraisable) -> None:
+    if self._active and _is_closed_loop_callback(unraisable):
+      self._last = time.monotonic()
+      self._dropped += 1
+      if self._dropped == 1:
+        logger.debug("A read abandoned by the failed restore of step %d ended on a closed"
+                     " event loop.", self._step, exc_info=(
+                         unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
+      return
+    self._previous(unraisable)
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+  """Whether this is asyncio refusing a callback because its loop is closed."""
+  if unraisable.object is not None or not isinstance(unraisable.exc_value, RuntimeError):
+    return False
+  if str(unraisable.exc_value) != "Event loop is closed":
+    return False
+  tb = unraisable.exc_traceback
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  code = tb.tb_frame.f_code if tb is not None else None
+  return (code is not None and code.co_name == "_check_closed"
+          and os.path.basename(os.path.dirname(code.co_filename)) == "asyncio")
 
 
 def _orbax_template(leaf: Any) -> Any:

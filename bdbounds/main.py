@@ -11,9 +11,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bdbounds import checkpointing, evaluate, parallel, train
+from bdbounds import checkpointing, evaluate, experiment, logs, parallel, train
 from bdbounds.data import DatasetNotPreparedError
-from bdbounds.models.inception import InceptionWeightsError
+from bdbounds.evaluators.inception_weights import InceptionWeightsError
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/toy.py", "Configuration file[:presets].",
                                           lock_config=True)
@@ -25,7 +25,7 @@ _STEP = flags.DEFINE_integer("step", None, "With --mode=eval: the checkpoint ste
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.getLogger().setLevel(logging.INFO)
+  logs.configure_from_flags()  # our INFO lines; dependencies' only with --verbosity=0
   parallel.initialize_distributed()  # before anything touches JAX; a no-op for a single process
   try:
     if _MODE.value == "train":
@@ -36,7 +36,7 @@ def main(argv):
     logging.warning("%s", e)
     sys.exit(128 + signal.SIGTERM)  # the conventional status of a process ended by SIGTERM
   # Expected failures whose message says what to do: that message alone, not a traceback.
-  except (train.ConfigError, DatasetNotPreparedError, checkpointing.CheckpointNotFoundError,
+  except (experiment.ConfigError, DatasetNotPreparedError, checkpointing.CheckpointNotFoundError,
           InceptionWeightsError) as e:
     logging.error("%s", e)
     sys.exit(2)

@@ -59,13 +59,13 @@ def data_noise_std(step, initial: float, num_steps: int) -> jax.Array:
   return initial * jnp.square(jnp.clip(1.0 - step / num_steps, 0.0, 1.0))
 
 
-def make_train_step(settings: objectives.BoundSettings, nets: objectives.Networks,
-                    optimizers: dict, *, latent_dim: int, energy_steps: int, generator_steps: int,
-                    ema_decay: float = 0.0, data_noise: float = 0.0, data_noise_steps: int = 0,
+def make_train_step(game: objectives.Objectives, optimizers: dict, *, latent_dim: int, energy_steps: int,
+                    generator_steps: int, ema_decay: float = 0.0, data_noise: float = 0.0, data_noise_steps: int = 0,
                     shard_batch: Callable = lambda x: x) -> Callable:
-  """Build the step. `shard_batch` constrains per-example arrays to the data axis; with
+  """Build the step of the game `game` (`objectives.make_objectives`). `shard_batch` constrains per-example arrays to the data axis; with
   `ema_decay > 0` the state's `generator_ema` follows the generator's parameters; with
   `data_noise > 0` the energy sees data plus annealed Gaussian noise (`data_noise_std`)."""
+  settings = game.settings
   if energy_steps < 1 or generator_steps < 1:
     raise ValueError(f"training.energy_steps={energy_steps} and training.generator_steps={generator_steps} "
                      "must both be at least 1")
@@ -87,8 +87,7 @@ def make_train_step(settings: objectives.BoundSettings, nets: objectives.Network
       x_data = batch[i]
       if data_noise > 0:
         x_data = x_data + noise_std * jax.random.normal(noise_key, x_data.shape, x_data.dtype)
-      loss_fn = lambda p: objectives.energy_loss(settings, nets, p, state.generator.params, x_data, z,
-                                                 state.step, loss_key)
+      loss_fn = lambda p: game.energy_loss(p, state.generator.params, x_data, z, state.step, loss_key)
       energy, terms, bad = _guarded_update(energy, optimizers["energy"], loss_fn, "energy")
       faults.append((0, bad))
     metrics.update({f"energy/{k}": v for k, v in terms.items()})
@@ -99,13 +98,12 @@ def make_train_step(settings: objectives.BoundSettings, nets: objectives.Network
       z_key, critic_key, loss_key = jax.random.split(gen_key, 3)
       z = sample_latents(z_key, batch_size)
       if settings.uses_critic:
-        critic_fn = lambda p: objectives.critic_loss(settings, nets, p, generator.params, z, critic_key)
+        critic_fn = lambda p: game.critic_loss(p, generator.params, z, critic_key)
         critic, critic_terms, bad = _guarded_update(critic, optimizers["critic"], critic_fn, "critic")
         faults.append((2, bad))
         metrics["critic/mi_bound"] = critic_terms["mi_bound"]
       critic_params = critic.params if critic is not None else None
-      loss_fn = lambda p: objectives.generator_loss(settings, nets, p, energy.params, critic_params, z,
-                                                    loss_key)
+      loss_fn = lambda p: game.generator_loss(p, energy.params, critic_params, z, loss_key)
       generator, terms, bad = _guarded_update(generator, optimizers["generator"], loss_fn, "generator")
       faults.append((1, bad))
     metrics.update({f"generator/{k}": v for k, v in terms.items()})
@@ -120,14 +118,15 @@ def make_train_step(settings: objectives.BoundSettings, nets: objectives.Network
 
     metrics.update({
         "energy_gap": metrics["energy/energy_data"] - metrics["energy/energy_fake"],
-        "nll_lower_bound": metrics["energy/energy_data"] - metrics["generator/energy_fake"]
-                           + metrics["generator/entropy"],
-        "upper_weight": objectives.upper_weight(settings, state.step),
+        "nll_lower_bound": objectives.nll_lower_bound({"energy_data": metrics["energy/energy_data"],
+                                                       "energy_fake": metrics["generator/energy_fake"],
+                                                       "entropy": metrics["generator/entropy"]}),
+        "upper_weight": game.upper_weight(state.step),
         "data_noise": noise_std,
         "skipped_updates": skipped,
     })
     if settings.noisy_generator:
-      metrics["sigma"] = nets.sigma(generator.params)
+      metrics["sigma"] = game.nets.sigma(generator.params)
     generator_ema = state.generator_ema
     if generator_ema is not None:
       generator_ema = optax.incremental_update(generator.params, generator_ema, 1.0 - ema_decay)

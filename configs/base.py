@@ -36,7 +36,10 @@ def get_config():
   c.bounds.upper = "latent_fisher"             # EBM KL upper bound: none | latent_fisher | score_matching | r1 | diffusion
   c.bounds.entropy_weight = 1.0                # w_H on the entropy lower bound in the generator loss
   c.bounds.upper_weight = 1e-2                 # λ = C/2 on the KL upper-bound term (constant schedule)
-  c.bounds.weight_schedule = "adaptive"        # adaptive (λ_t = 0.7 (2307 + t)^-0.55, the original code's) | constant
+  c.bounds.weight_schedule = "adaptive"        # adaptive (λ_t = scale (offset + t)^-power, the original code's) | constant
+  c.bounds.adaptive_weight_scale = 0.7         # adaptive schedule: scale of λ_t
+  c.bounds.adaptive_weight_offset = 2307.0     # adaptive schedule: step offset of λ_t
+  c.bounds.adaptive_weight_power = 0.55        # adaptive schedule: decay exponent of λ_t
   c.bounds.hinge = ml_collections.FieldReference(None, field_type=float)  # τ in relu(λ·pen − τ); None: off
   c.bounds.jacobian_method = "dense"           # s_min solver: dense (exact, small d) | lanczos | lobpcg
   c.bounds.jacobian_num_iters = 10             # Krylov / LOBPCG iterations for the matrix-free solvers
@@ -67,6 +70,7 @@ def get_config():
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 10_000                  # evaluation cadence (and at the last step)
+  c.eval.evaluators = "auto"                   # comma-separated: bound_terms, density (2-D quadrature), diffusion_nll, sample_quality, samples; auto: every one that applies
   c.eval.num_samples = 2_000                   # generator samples per plot and energy statistics
   c.eval.grid_size = 64                        # images: samples in the PNG grid
   c.eval.quadrature_tol = 1e-3                 # target change of log Z under grid refinement (nats)

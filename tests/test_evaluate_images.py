@@ -90,18 +90,18 @@ def test_the_digit_classifier_refuses_other_data(tmp_path):
 
 
 def test_inception_weights_of_the_wrong_shape_are_refused_by_name(tmp_path):
-  from bdbounds.models import inception
-  shapes = inception.expected_variable_shapes()
+  from bdbounds.evaluators import inception_weights
+  shapes = inception_weights.expected_variable_shapes()
   arrays = {key: np.zeros(shape, np.float32) for key, shape in shapes.items()}
   arrays["params/fc/kernel"] = np.zeros((2048, 1000), np.float32)  # an ImageNet-1k head
   np.savez(tmp_path / "wrong.npz", **arrays)
-  with pytest.raises(inception.InceptionWeightsError, match="params/fc/kernel"):
+  with pytest.raises(inception_weights.InceptionWeightsError, match="params/fc/kernel"):
     evaluated(tmp_path, upper="none", feature_net="inception", inception_weights=str(tmp_path / "wrong.npz"))
 
 
 def test_bad_evaluation_settings_stop_a_run_before_it_starts(tmp_path):
-  from bdbounds.models import inception
-  arrays = {key: np.zeros(shape, np.float32) for key, shape in inception.expected_variable_shapes().items()}
+  from bdbounds.evaluators import inception_weights
+  arrays = {key: np.zeros(shape, np.float32) for key, shape in inception_weights.expected_variable_shapes().items()}
   arrays["params/fc/kernel"] = np.zeros((2048, 1000), np.float32)
   np.savez(tmp_path / "wrong.npz", **arrays)
   for key, value, match in (("inception_weights", str(tmp_path / "wrong.npz"), "params/fc/kernel"),
@@ -117,10 +117,11 @@ def test_bad_evaluation_settings_stop_a_run_before_it_starts(tmp_path):
 
 @pytest.mark.slow
 def test_inception_features_drive_the_image_metrics(tmp_path):
+  from bdbounds.evaluators import inception_weights
   from bdbounds.models import inception
   module = inception.build_fid_inception()
   variables = module.init(jax.random.PRNGKey(0), np.zeros((1, 75, 75, 3), np.float32))
-  inception.save_inception_variables(tmp_path / "random.npz", variables)
+  inception_weights.save_inception_variables(tmp_path / "random.npz", variables)
   _, _, report = evaluated(tmp_path, upper="none", feature_net="inception", fid_num_samples=24,
                            pr_num_samples=12, batch_size=12, inception_weights=str(tmp_path / "random.npz"))
   assert report["feature_net"] == "inception"

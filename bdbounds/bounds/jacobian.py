@@ -16,9 +16,10 @@ def _flat(fn: Callable) -> Callable:
   return lambda z: jnp.ravel(fn(z))
 
 
-def _symmetric_eigh_2x2(gram):
-  """Ascending eigenpairs of a symmetric 2×2 matrix in closed form: a batched LAPACK call
-  costs more than the whole toy generator pass on a CPU."""
+def symmetric_eigh_2x2(gram):
+  """Ascending eigenpairs of a symmetric 2×2 matrix in closed form, as `jnp.linalg.eigh` returns
+  them: `(eigvals [2], eigvecs [2, 2] as columns)`. A batched LAPACK call costs more than the
+  whole toy generator pass on a CPU."""
   a, b, c = gram[0, 0], gram[0, 1], gram[1, 1]
   mean, radius = 0.5 * (a + c), jnp.hypot(0.5 * (a - c), b)
   low = mean - radius
@@ -35,7 +36,7 @@ def _dense_smallest(fn: Callable, z: jax.Array, *, k: int, **_) -> linalg.EigRes
   """Exact eigenpairs from the dense `JᵀJ` (one jacfwd): the right choice for tiny d."""
   jac = jax.jacfwd(_flat(fn))(z)
   gram = jac.T @ jac
-  vals, vecs = _symmetric_eigh_2x2(gram) if gram.shape == (2, 2) else jnp.linalg.eigh(gram)
+  vals, vecs = symmetric_eigh_2x2(gram) if gram.shape == (2, 2) else jnp.linalg.eigh(gram)
   vals, vecs = vals[:k], vecs[:, :k]
   return linalg.EigResult(vals, vecs, linalg.ritz_residuals(lambda v: gram @ v, vals, vecs))
 

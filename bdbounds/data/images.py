@@ -1,20 +1,8 @@
-"""Image data sets behind one deterministic, resumable batch function.
+"""The image data sets behind one deterministic, resumable batch function.
 
-Every data set is an ``ImageDataset``: float32 images in ``[-1, 1]`` of shape
-``[H, W, C]``, read by index. Training batches are a pure function of
-``(seed, step)``, so a run resumed from a checkpointed step sees exactly the
-data an uninterrupted run would have seen, with no iterator state to save:
-
-* the global example position of row ``i`` of batch ``b`` at ``step`` is
-  ``p = (step * num_batches + b) * batch_size + i``;
-* its epoch is ``p // num_train``; within an epoch, examples follow the
-  permutation drawn by ``np.random.default_rng([seed, epoch])``;
-* the horizontal flip of position ``p`` (where flips are on) is a coin drawn by
-  the same generator, so it too depends on ``(seed, p)`` only.
-
-With several processes, each reads only its own contiguous slice of every
-global batch; concatenating the slices of processes ``0..P-1`` gives the
-single-process batch.
+Each is an :class:`~bdbounds.data.image_dataset.ImageDataset` (float32 images
+in ``[-1, 1]``, batches a pure function of ``(seed, step)``: see
+:mod:`bdbounds.data.image_dataset`), made by :func:`get_image_dataset`.
 
 Data sets (``IMAGE_DATASETS``):
 
@@ -31,11 +19,9 @@ Data sets (``IMAGE_DATASETS``):
 * ``celeba64``: TFDS ``celeb_a`` (aligned 218x178 images), center crop of
   140x140, then resized to 64x64 (``image_size`` changes the output size).
 
-TFDS data sets are read through ``tfds.data_source`` (random access over
-prepared ``array_record`` files), which needs neither TensorFlow nor the
-network at run time; images are decoded one batch at a time, so CelebA never
-has to fit in memory. Preparing them once needs a networked machine; a data
-set that is not prepared raises ``DatasetNotPreparedError`` with the command.
+The TFDS data sets are read by index from prepared ``array_record`` files
+(:mod:`bdbounds.data.tfds_images`), never downloaded at run time; one that is
+not prepared raises ``DatasetNotPreparedError`` with the command.
 
 Horizontal flips are on by default for ``cifar10`` and ``celeba64`` and off
 for digits (a mirrored digit is another glyph) and MNIST.
@@ -43,13 +29,13 @@ for digits (a mirrored digit is another glyph) and MNIST.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import operator
 import os
-from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from bdbounds.data.image_dataset import ImageDataset, Reader, positive_int
+from bdbounds.data.tfds_images import DatasetNotPreparedError, tfds_dataset
 
 __all__ = [
   "IMAGE_DATASETS",
@@ -73,184 +59,6 @@ _DIGITS_SPLIT_SEED = 0
 # 140)` then `resize_small`, antialiased bilinear). It keeps the whole face and
 # drops most of the background.
 CELEBA_CROP_SIZE = 140
-
-_TFDS_INSTALL = 'pip install -e ".[tfds]"'
-# Reading decodes at most this many full-size images at a time.
-_READ_CHUNK = 1024
-
-# [n] int indices -> [n, H, W, C] float32 images in [-1, 1].
-Reader = Callable[[np.ndarray], np.ndarray]
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-  """A TFDS data set is missing from ``data_dir`` (data is never downloaded at run time)."""
-
-
-# ----------------------------------------------------------------------------
-# The dataset object.
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ImageDataset:
-  """An image data set with a fixed train/test split, read by index.
-
-  Attributes:
-    name: data set name, one of ``IMAGE_DATASETS``.
-    image_shape: ``(H, W, C)`` of every image.
-    num_train: number of training images (one epoch).
-    num_test: number of test images.
-    flip: whether training batches are randomly mirrored left-right.
-    read_train: ``[n] int -> [n, H, W, C]`` float32 training images in [-1, 1].
-    read_test: the same for the test split.
-    description: one-line summary of source and preprocessing.
-    num_levels: intensity levels of the stored data (256 for 8-bit images, 17 for
-      the digits' 0..16), evenly spaced over [-1, 1]; ``None`` where resampling
-      made the values continuous. Bits per dimension dequantise with it.
-  """
-
-  name: str
-  image_shape: tuple[int, int, int]
-  num_train: int
-  num_test: int
-  flip: bool
-  read_train: Reader = dataclasses.field(repr=False)
-  read_test: Reader = dataclasses.field(repr=False)
-  description: str = ""
-  num_levels: int | None = 256
-
-  def train_indices(
-    self,
-    seed: int,
-    step: int,
-    batch_size: int,
-    *,
-    num_batches: int = 1,
-    process_index: int = 0,
-    process_count: int = 1,
-  ) -> tuple[np.ndarray, np.ndarray]:
-    """Which training examples ``train_batch`` reads, and which it mirrors.
-
-    Returns:
-      ``(indices, flips)``: int64 example indices and bool flip flags, both
-      ``[num_batches, batch_size // process_count]``. Flags are all False
-      when ``self.flip`` is off.
-    """
-    seed = _nonnegative_int(seed, "seed")
-    step = _nonnegative_int(step, "step")
-    batch_size = _positive_int(batch_size, "batch_size")
-    num_batches = _positive_int(num_batches, "num_batches")
-    process_count = _positive_int(process_count, "process_count")
-    process_index = _nonnegative_int(process_index, "process_index")
-    if process_index >= process_count:
-      raise ValueError(
-        f"process_index={process_index} must be smaller than process_count={process_count}"
-      )
-    if batch_size % process_count:
-      raise ValueError(
-        f"the global batch_size={batch_size} must be divisible by process_count={process_count} "
-        "so that every process reads the same number of examples; change the batch size "
-        "or the number of processes"
-      )
-    local_size = batch_size // process_count
-    rows = step * num_batches + np.arange(num_batches, dtype=np.int64)
-    positions = (
-      rows[:, None] * batch_size + process_index * local_size + np.arange(local_size, dtype=np.int64)
-    )
-    epochs, offsets = np.divmod(positions, self.num_train)
-    indices = np.empty_like(positions)
-    flips = np.zeros(positions.shape, dtype=bool)
-    # A batch spans at most a few epochs (one, unless it straddles a boundary).
-    for epoch in np.unique(epochs):
-      order, coins = _epoch_order(self.num_train, seed, int(epoch))
-      in_epoch = epochs == epoch
-      indices[in_epoch] = order[offsets[in_epoch]]
-      if self.flip:
-        flips[in_epoch] = coins[offsets[in_epoch]]
-    return indices, flips
-
-  def train_batch(
-    self,
-    seed: int,
-    step: int,
-    batch_size: int,
-    *,
-    num_batches: int = 1,
-    process_index: int = 0,
-    process_count: int = 1,
-  ) -> np.ndarray:
-    """This process's share of ``num_batches`` global training batches at ``step``.
-
-    A pure function of its arguments: the same ``(seed, step)`` always gives
-    the same images, so resuming at a checkpointed step needs no data state.
-    One call consumes ``num_batches * batch_size`` examples globally; keep
-    ``num_batches`` fixed over a run, since it enters the position formula.
-
-    Args:
-      seed: non-negative data seed (shuffling and flips).
-      step: non-negative training step.
-      batch_size: global batch size, summed over processes.
-      num_batches: number of consecutive batches returned together.
-      process_index: this process's index in ``[0, process_count)``.
-      process_count: number of processes sharing each global batch.
-
-    Returns:
-      float32 ``[num_batches, batch_size // process_count, H, W, C]`` in [-1, 1].
-    """
-    indices, flips = self.train_indices(
-      seed,
-      step,
-      batch_size,
-      num_batches=num_batches,
-      process_index=process_index,
-      process_count=process_count,
-    )
-    images = self.read_train(indices.reshape(-1))
-    flips = flips.reshape(-1)
-    if flips.any():
-      images[flips] = images[flips, :, ::-1]
-    return images.reshape(*indices.shape, *self.image_shape)
-
-  def test_images(self, n: int | None = None) -> np.ndarray:
-    """The first ``n`` test images (all if ``None``), in a fixed order, not augmented.
-
-    Returns:
-      float32 ``[n, H, W, C]`` in [-1, 1].
-    """
-    if n is None:
-      n = self.num_test
-    n = _nonnegative_int(n, "n")
-    if n > self.num_test:
-      raise ValueError(f"asked for {n} test images but {self.name} has only {self.num_test}")
-    return self.read_test(np.arange(n, dtype=np.int64))
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(num_examples: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-  """The example order and flip coins of one epoch (cached: consecutive steps share epochs)."""
-  rng = np.random.default_rng([seed, epoch])
-  # The permutation is drawn first, so the order does not depend on whether flips are used.
-  order = rng.permutation(num_examples)
-  coins = rng.random(num_examples) < 0.5
-  order.setflags(write=False)
-  coins.setflags(write=False)
-  return order, coins
-
-
-def _nonnegative_int(value: Any, name: str) -> int:
-  try:
-    value = operator.index(value)
-  except TypeError:
-    raise TypeError(f"{name} must be an integer, got {value!r}") from None
-  if value < 0:
-    raise ValueError(f"{name} must be non-negative, got {value}")
-  return value
-
-
-def _positive_int(value: Any, name: str) -> int:
-  value = _nonnegative_int(value, name)
-  if value == 0:
-    raise ValueError(f"{name} must be positive, got 0")
-  return value
 
 
 # ----------------------------------------------------------------------------
@@ -366,102 +174,6 @@ def _digits(image_size: int, flip: bool) -> ImageDataset:
 
 
 # ----------------------------------------------------------------------------
-# TFDS readers (array_record random access, no TensorFlow).
-
-
-def _import_tfds():
-  """Imports tensorflow_datasets, or says how to install it."""
-  try:
-    import array_record  # noqa: F401  (tfds.data_source reads array_record files)
-    import tensorflow_datasets as tfds
-  except ImportError as e:
-    raise ImportError(
-      "the mnist, cifar10 and celeba64 data sets need the optional packages "
-      f"tensorflow-datasets and array-record: {_TFDS_INSTALL} (the digits data set needs neither)"
-    ) from e
-  return tfds
-
-
-def _open_tfds(
-  tfds_name: str, splits: Sequence[str], data_dir: str | os.PathLike | None
-) -> dict[str, Any]:
-  """Random-access data sources for ``splits`` of a prepared TFDS data set.
-
-  Raises:
-    DatasetNotPreparedError: the data set is not in ``data_dir`` as array_record files.
-  """
-  tfds = _import_tfds()
-  if data_dir is not None:
-    data_dir = os.path.expanduser(os.fspath(data_dir))
-  builder = tfds.builder(tfds_name, data_dir=data_dir)
-  root = os.fspath(builder.data_dir_root)
-  build = f"tfds build {tfds_name} --data_dir={root} --file_format=array_record"
-  how_to = (
-    "Data sets are never downloaded at run time. On a machine with network access run\n"
-    # Building (unlike reading) runs TFDS's TensorFlow code; TFDS 4.9 also imports
-    # importlib_resources there without declaring it on Python >= 3.9.
-    "  pip install tensorflow tensorflow-datasets array-record importlib_resources\n"
-    f"  {build}\n"
-    f"then copy the directory {os.path.join(root, tfds_name)} to this machine under {root} "
-    "(or under another directory that you pass as data_dir)."
-  )
-  if not builder.is_prepared():
-    raise DatasetNotPreparedError(
-      f"TFDS data set {tfds_name!r} version {builder.version} is not prepared in {root} "
-      f"(no {builder.data_dir}/dataset_info.json). {how_to}"
-    )
-  file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
-  if file_format != "array_record":
-    raise DatasetNotPreparedError(
-      f"TFDS data set {tfds_name!r} in {builder.data_dir} is stored as {file_format}, but "
-      f"random access needs array_record files. Rebuild it: {how_to}"
-    )
-  return {split: builder.as_data_source(split=split) for split in splits}
-
-
-def _tfds_reader(
-  source: Any, transform: Callable[[np.ndarray], np.ndarray], image_shape: tuple[int, int, int]
-) -> Reader:
-  """Reads examples by index through the source's random access, in bounded chunks."""
-  # Batched reads go through __getitems__ (parallel in array_record) where available.
-  getitems = getattr(source, "__getitems__", None)
-
-  def read(indices: np.ndarray) -> np.ndarray:
-    keys = [int(i) for i in np.asarray(indices).reshape(-1)]
-    images = np.empty((len(keys), *image_shape), np.float32)
-    for start in range(0, len(keys), _READ_CHUNK):
-      chunk = keys[start : start + _READ_CHUNK]
-      examples = getitems(chunk) if getitems is not None else [source[k] for k in chunk]
-      for i, example in enumerate(examples, start):
-        images[i] = transform(np.asarray(example["image"]))
-    return images
-
-  return read
-
-
-def _tfds_dataset(
-  name: str,
-  tfds_name: str,
-  transform: Callable[[np.ndarray], np.ndarray],
-  image_shape: tuple[int, int, int],
-  flip: bool,
-  data_dir: str | os.PathLike | None,
-  description: str,
-) -> ImageDataset:
-  sources = _open_tfds(tfds_name, ("train", "test"), data_dir)
-  return ImageDataset(
-    name=name,
-    image_shape=image_shape,
-    num_train=len(sources["train"]),
-    num_test=len(sources["test"]),
-    flip=flip,
-    read_train=_tfds_reader(sources["train"], transform, image_shape),
-    read_test=_tfds_reader(sources["test"], transform, image_shape),
-    description=description,
-  )
-
-
-# ----------------------------------------------------------------------------
 # Factory.
 
 _DEFAULTS = {
@@ -504,7 +216,7 @@ def get_image_dataset(
       f"unknown image dataset {name!r}; valid choices are: {', '.join(IMAGE_DATASETS)}"
     )
   default_size, sizes, default_flip = _DEFAULTS[name]
-  size = default_size if image_size is None else _positive_int(image_size, "image_size")
+  size = default_size if image_size is None else positive_int(image_size, "image_size")
   if (sizes is not None and size not in sizes) or (sizes is None and not 8 <= size <= CELEBA_CROP_SIZE):
     allowed = ", ".join(map(str, sizes)) if sizes else f"8 to {CELEBA_CROP_SIZE}"
     raise ValueError(f"image_size={size} is not supported for {name}; choose {allowed}")
@@ -513,7 +225,7 @@ def get_image_dataset(
   if name == "digits":
     return _digits(size, flip)
   if name == "mnist":
-    return _tfds_dataset(
+    return tfds_dataset(
       name,
       "mnist",
       lambda image: _uint8_to_unit(_pad_mnist(image, size)),
@@ -523,10 +235,10 @@ def get_image_dataset(
       f"TFDS mnist, 28x28 padded to {size}x{size}" if size != 28 else "TFDS mnist, 28x28",
     )
   if name == "cifar10":
-    return _tfds_dataset(
+    return tfds_dataset(
       name, "cifar10", _uint8_to_unit, (32, 32, 3), flip, data_dir, "TFDS cifar10, 32x32"
     )
-  return _tfds_dataset(
+  return tfds_dataset(
     name,
     "celeb_a",
     functools.partial(preprocess_celeba, image_size=size),

@@ -71,7 +71,7 @@ def _upsample_nearest(h):
   return jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
 
 
-def _depth_to_space(h):
+def depth_to_space(h):
   """`[N, H, W, 4C] -> [N, 2H, 2W, C]`: each group of 4 channels becomes a 2×2 patch."""
   n, height, width, channels = h.shape
   h = h.reshape(n, height, width, 2, 2, channels // 4)
@@ -99,7 +99,7 @@ class Upsample(nn.Module):
     if self.mode == "transpose":
       return nn.ConvTranspose(self.features, (4, 4), strides=(2, 2), name="conv")(h)
     if self.mode == "pixel_shuffle":
-      return _depth_to_space(nn.Conv(4 * self.features, (3, 3), name="conv")(h))
+      return depth_to_space(nn.Conv(4 * self.features, (3, 3), name="conv")(h))
     raise ValueError(f"unknown upsampling {self.mode!r}; choose one of {UPSAMPLING_MODES}")
 
 

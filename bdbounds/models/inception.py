@@ -1,4 +1,4 @@
-"""The Inception-v3 behind standard FID numbers, in Flax, read from a local weights file.
+"""The Inception-v3 behind standard FID numbers, in Flax.
 
 This is the 2015-12-05 TensorFlow Inception graph of the original FID code, as pytorch-fid
 re-implements it (`fid_inception_v3`): torchvision's Inception-v3 with 1008 classes, no
@@ -14,54 +14,24 @@ auxiliary head, and patched blocks that follow TensorFlow where torchvision does
       (17×17×768) → Mixed_7a..7c (8×8×2048) → spatial mean: "pool3" features [N, 2048]
       → fc: logits [N, 1008]
 
-Nothing is downloaded: `load_inception_variables` reads a .npz made once, by
-`python -m bdbounds.tools.convert_fid_inception`, from the checkpoint pytorch-fid publishes
-(pt_inception-2015-12-05-6726825d.pth). Submodule names mirror the PyTorch state dict, so the
-file's keys are the variables' paths joined by "/":
-
-    params/<layer>/conv/kernel       [kh, kw, in, out]   PyTorch `<layer>.conv.weight` (OIHW)
-    params/<layer>/bn/scale          [out]               `<layer>.bn.weight`
-    params/<layer>/bn/bias           [out]               `<layer>.bn.bias`
-    batch_stats/<layer>/bn/mean      [out]               `<layer>.bn.running_mean`
-    batch_stats/<layer>/bn/var       [out]               `<layer>.bn.running_var`
-    params/fc/kernel [2048, 1008], params/fc/bias [1008] `fc.weight` transposed, `fc.bias`
-
-where <layer> is `Conv2d_1a_3x3`, ..., or a block's branch such as `Mixed_5b/branch5x5_1`.
+Submodule names mirror the PyTorch state dict (`Conv2d_1a_3x3`, ..., `Mixed_5b/branch5x5_1`,
+each a `conv` and a `bn`; `fc`). The variables are read from a local weights file by
+`bdbounds.evaluators.inception_weights`; this module opens no files.
 """
 
 import functools
-import os
-import zipfile
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
-
-from bdbounds import writers
 
 INCEPTION_SIZE = 299    # the side every image is resized to
 MIN_SIZE = 75           # the smallest side the layers accept without resizing
 NUM_FEATURES = 2048     # pool3
 NUM_CLASSES = 1008      # the 2015 graph's softmax: 1000 ImageNet classes and 8 unused
 BN_EPSILON = 1e-3
-
-CHECKPOINT_NAME = "pt_inception-2015-12-05-6726825d.pth"
-CHECKPOINT_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                  + CHECKPOINT_NAME)
-
-
-class InceptionWeightsError(ValueError):
-  """The Inception weights are missing, unreadable, or not those of the FID Inception."""
-
-
-def conversion_instructions(output: str = "fid_inception.npz") -> str:
-  """How to make the weights file: where the checkpoint is published and how to convert it."""
-  return (f"Download {CHECKPOINT_NAME} (pytorch-fid's release 'fid_weights', {CHECKPOINT_URL}) "
-          f"and convert it once: pip install -e \".[convert]\" && python -m "
-          f"bdbounds.tools.convert_fid_inception --input {CHECKPOINT_NAME} --output {output}")
 
 
 # --------------------------------------------------------------------------- layers
@@ -94,7 +64,7 @@ class BasicConv2d(nn.Module):
     return nn.relu(x)
 
 
-def _avg_pool_3x3(x):
+def avg_pool_3x3(x):
   """3×3 stride-1 mean over the window's pixels that lie inside the image.
 
   TensorFlow's SAME pooling, PyTorch's count_include_pad=False: a corner averages 4 pixels,
@@ -128,7 +98,7 @@ class FIDInceptionA(_Block):
     branch3x3dbl = self.conv(64, name="branch3x3dbl_1")(x)
     branch3x3dbl = self.conv(96, 3, padding=1, name="branch3x3dbl_2")(branch3x3dbl)
     branch3x3dbl = self.conv(96, 3, padding=1, name="branch3x3dbl_3")(branch3x3dbl)
-    branch_pool = self.conv(self.pool_features, name="branch_pool")(_avg_pool_3x3(x))
+    branch_pool = self.conv(self.pool_features, name="branch_pool")(avg_pool_3x3(x))
     return jnp.concatenate([branch1x1, branch5x5, branch3x3dbl, branch_pool], axis=-1)
 
 
@@ -160,7 +130,7 @@ class FIDInceptionC(_Block):
     branch7x7dbl = self.conv(c7, (1, 7), padding=(0, 3), name="branch7x7dbl_3")(branch7x7dbl)
     branch7x7dbl = self.conv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(branch7x7dbl)
     branch7x7dbl = self.conv(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(branch7x7dbl)
-    branch_pool = self.conv(192, name="branch_pool")(_avg_pool_3x3(x))
+    branch_pool = self.conv(192, name="branch_pool")(avg_pool_3x3(x))
     return jnp.concatenate([branch1x1, branch7x7, branch7x7dbl, branch_pool], axis=-1)
 
 
@@ -195,7 +165,7 @@ class FIDInceptionE(_Block):
     branch3x3dbl = jnp.concatenate([
         self.conv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(branch3x3dbl),
         self.conv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(branch3x3dbl)], axis=-1)
-    pooled = _max_pool(x, 1, padding=1) if self.max_pool else _avg_pool_3x3(x)
+    pooled = _max_pool(x, 1, padding=1) if self.max_pool else avg_pool_3x3(x)
     branch_pool = self.conv(192, name="branch_pool")(pooled)
     return jnp.concatenate([branch1x1, branch3x3, branch3x3dbl, branch_pool], axis=-1)
 
@@ -265,94 +235,9 @@ class FIDInceptionV3(nn.Module):
 
 def build_fid_inception(*, resize_input: bool = True,
                         precision: PrecisionLike = "highest") -> FIDInceptionV3:
-  """The FID Inception as an unbound module; its variables come from `load_inception_variables`."""
+  """The FID Inception as an unbound module; its variables come from
+  `bdbounds.evaluators.inception_weights.load_inception_variables`."""
   return FIDInceptionV3(resize_input=resize_input, precision=precision)
-
-
-# --------------------------------------------------------------------------- weights file
-
-def flatten_variables(variables: Mapping) -> dict[str, np.ndarray]:
-  """`{"params": {...}, "batch_stats": {...}}` → `{"params/Mixed_5b/.../kernel": array}`."""
-  flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(variables)), sep="/")
-  return dict(flat)
-
-
-def unflatten_variables(flat: Mapping[str, Any]) -> dict:
-  """The inverse of `flatten_variables`."""
-  return traverse_util.unflatten_dict(dict(flat), sep="/")
-
-
-@functools.lru_cache(maxsize=None)
-def _expected_shapes() -> tuple[tuple[str, tuple[int, ...]], ...]:
-  # Abstract init: shapes only, nothing computed. They do not depend on the module's fields.
-  images = jax.ShapeDtypeStruct((1, INCEPTION_SIZE, INCEPTION_SIZE, 3), jnp.float32)
-  shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.PRNGKey(0), images)
-  flat = traverse_util.flatten_dict(dict(shapes), sep="/")
-  return tuple((key, tuple(leaf.shape)) for key, leaf in flat.items())
-
-
-def expected_variable_shapes() -> dict[str, tuple[int, ...]]:
-  """Every key of the weights file and its array's shape, from the module itself."""
-  return dict(_expected_shapes())
-
-
-def shape_mismatches(found: Mapping[str, Sequence[int]],
-                     expected: Mapping[str, Sequence[int]]) -> list[str]:
-  """One line per missing key, unexpected key or shape mismatch, in `expected`'s order."""
-  problems = []
-  for key, shape in expected.items():
-    if key not in found:
-      problems.append(f"{key} is missing (expected shape {tuple(shape)})")
-    elif tuple(found[key]) != tuple(shape):
-      problems.append(f"{key} has shape {tuple(found[key])}, expected {tuple(shape)}")
-  problems += [f"{key} is unexpected" for key in found if key not in expected]
-  return problems
-
-
-def summarise_problems(problems: Sequence[str], limit: int = 3) -> str:
-  """The first `limit` problems joined, and how many more there are."""
-  text = "; ".join(problems[:limit])
-  return text + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
-
-
-def _check_flat(flat: Mapping[str, np.ndarray], source: str, remedy: str) -> None:
-  problems = shape_mismatches({k: np.shape(v) for k, v in flat.items()},
-                              expected_variable_shapes())
-  problems += [f"{key} has dtype {v.dtype}, expected floating point" for key, v in flat.items()
-               if not np.issubdtype(np.asarray(v).dtype, np.floating)]
-  if problems:
-    raise InceptionWeightsError(f"{source} does not hold the FID Inception's variables: "
-                                f"{summarise_problems(problems)}. {remedy}")
-
-
-def load_inception_variables(path: str | os.PathLike) -> dict:
-  """`{"params", "batch_stats"}` of the FID Inception from a .npz written by
-  `save_inception_variables`; raises `InceptionWeightsError` on a missing, unreadable or
-  mismatched file, with what to do about it."""
-  path = os.fspath(path)
-  remedy = "Recreate it. " + conversion_instructions(path)
-  if not os.path.isfile(path):
-    raise InceptionWeightsError(f"Inception weights file {path!r} not found. "
-                                + conversion_instructions(path))
-  try:
-    npz = np.load(path, allow_pickle=False)
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-      raise ValueError("it holds a single array, not named arrays")
-    with npz:
-      flat = {key: npz[key] for key in npz.files}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-    raise InceptionWeightsError(f"cannot read {path!r} as a .npz file ({error}). {remedy}") from error
-  _check_flat(flat, repr(path), remedy)
-  return unflatten_variables({key: jnp.asarray(value, jnp.float32) for key, value in flat.items()})
-
-
-def save_inception_variables(path: str | os.PathLike, variables: Mapping) -> None:
-  """Writes `variables` as a flat float32 .npz (keys in the module docstring), after checking
-  that they fit the module; the file appears whole or not at all."""
-  flat = flatten_variables(variables)
-  _check_flat(flat, "the variables to save",
-              "Save the variables of build_fid_inception(), as convert_state_dict returns them.")
-  writers.write_npz(path, {key: value.astype(np.float32) for key, value in flat.items()})
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -398,3 +283,4 @@ def make_inception_fn(variables: Mapping, batch_size: int = 50, *,
     return np.concatenate(features), np.concatenate(logits)
 
   return inception_fn
+

@@ -1,4 +1,5 @@
-"""Converts pytorch-fid's FID Inception checkpoint to the .npz that `load_inception_variables` reads.
+"""Converts pytorch-fid's FID Inception checkpoint to the .npz that `load_inception_variables`
+(bdbounds.evaluators.inception_weights) reads.
 
     pip install -e ".[convert]"    # PyTorch, only to read the .pth
     python -m bdbounds.tools.convert_fid_inception \\
@@ -24,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from bdbounds.models import inception
+from bdbounds.evaluators import inception_weights
 
 INSTALL_HINT = 'pip install -e ".[convert]"'
 NAME_DIGEST = "6726825d"   # the digest in the checkpoint's published name
@@ -60,7 +61,7 @@ def _flax_key(torch_key):
 def expected_state_dict_shapes() -> dict[str, tuple[int, ...]]:
   """PyTorch name → shape of every entry the checkpoint must hold (num_batches_tracked aside)."""
   shapes = {}
-  for key, shape in inception.expected_variable_shapes().items():
+  for key, shape in inception_weights.expected_variable_shapes().items():
     for name, fc_key, _, to_torch in _FC_RULES:
       if key == fc_key:
         shapes[name] = to_torch(shape)
@@ -77,19 +78,19 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
   unexpected or mis-shaped entries."""
   state_dict = {name: np.asarray(value) for name, value in state_dict.items()
                 if not name.endswith(".num_batches_tracked")}
-  problems = inception.shape_mismatches({name: value.shape for name, value in state_dict.items()},
-                                        expected_state_dict_shapes())
+  problems = inception_weights.shape_mismatches(
+      {name: value.shape for name, value in state_dict.items()}, expected_state_dict_shapes())
   if problems:
-    raise inception.InceptionWeightsError(
+    raise inception_weights.InceptionWeightsError(
         "not the state dict of pytorch-fid's FID Inception: "
-        f"{inception.summarise_problems(problems)}. "
-        f"Convert {inception.CHECKPOINT_NAME} (1008 classes, no auxiliary head), not torchvision's "
-        "ImageNet Inception-v3.")
+        f"{inception_weights.summarise_problems(problems)}. "
+        f"Convert {inception_weights.CHECKPOINT_NAME} (1008 classes, no auxiliary head), "
+        "not torchvision's ImageNet Inception-v3.")
   flat = {}
   for name, value in state_dict.items():
     key, to_flax = _flax_key(name)
     flat[key] = np.ascontiguousarray(to_flax(value.astype(np.float32)))
-  return inception.unflatten_variables(flat)
+  return inception_weights.unflatten_variables(flat)
 
 
 def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
@@ -101,9 +102,9 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   # weights_only: tensors and containers only, no arbitrary unpickling.
   state_dict = torch.load(path, map_location="cpu", weights_only=True)
   if not isinstance(state_dict, Mapping):
-    raise inception.InceptionWeightsError(
+    raise inception_weights.InceptionWeightsError(
         f"{path} holds a {type(state_dict).__name__}, not a state dict; expected "
-        f"{inception.CHECKPOINT_NAME}")
+        f"{inception_weights.CHECKPOINT_NAME}")
   return {name: value.detach().cpu().numpy() if torch.is_tensor(value) else value
           for name, value in state_dict.items()}
 
@@ -119,25 +120,26 @@ def _sha256(path):
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(
       prog="python -m bdbounds.tools.convert_fid_inception",
-      description=f"Convert pytorch-fid's {inception.CHECKPOINT_NAME} to a .npz of Flax variables.")
+      description=(f"Convert pytorch-fid's {inception_weights.CHECKPOINT_NAME} "
+                   "to a .npz of Flax variables."))
   parser.add_argument("--input", required=True,
-                      help=f"the PyTorch checkpoint, {inception.CHECKPOINT_NAME}")
+                      help=f"the PyTorch checkpoint, {inception_weights.CHECKPOINT_NAME}")
   parser.add_argument("--output", required=True, help="the .npz to write, e.g. fid_inception.npz")
   args = parser.parse_args(argv)
   if not os.path.isfile(args.input):
-    raise SystemExit(f"{args.input} not found. {inception.conversion_instructions(args.output)}")
+    raise SystemExit(f"{args.input} not found. {inception_weights.conversion_instructions(args.output)}")
   digest = _sha256(args.input)
   # torch.hub names a file "<name>-<first hex digits of its SHA-256>.pth". Only a warning: the
   # mapping below checks every name and shape anyway.
   if not digest.startswith(NAME_DIGEST):
     print(f"warning: the SHA-256 of {args.input} is {digest}, which does not start with "
-          f"{NAME_DIGEST} as the published name {inception.CHECKPOINT_NAME} says")
+          f"{NAME_DIGEST} as the published name {inception_weights.CHECKPOINT_NAME} says")
   try:
     variables = convert_state_dict(read_torch_checkpoint(args.input))
-  except inception.InceptionWeightsError as error:
+  except inception_weights.InceptionWeightsError as error:
     raise SystemExit(f"{args.input}: {error}") from None
-  inception.save_inception_variables(args.output, variables)
-  count = sum(value.size for value in inception.flatten_variables(variables).values())
+  inception_weights.save_inception_variables(args.output, variables)
+  count = sum(value.size for value in inception_weights.flatten_variables(variables).values())
   print(f"wrote {args.output}: {count} numbers from {args.input} (SHA-256 {digest})")
 
 

@@ -145,14 +145,14 @@ def test_input_errors():
 
 def test_closed_form_2x2_eigenpairs_match_lapack(x64):
   """The dense solver's closed form for d = 2, including diagonal, repeated and zero grams."""
-  from bdbounds.bounds.jacobian import _symmetric_eigh_2x2
+  from bdbounds.bounds.jacobian import symmetric_eigh_2x2
   rng = np.random.default_rng(0)
   grams = [np.eye(2), np.diag([2.0, 1.0]), np.diag([1.0, 3.0]), np.array([[1, 1e-9], [1e-9, 1]]), np.zeros((2, 2))]
   for _ in range(100):
     a = rng.normal(size=(2, 2)) * 10 ** rng.uniform(-3, 3, size=(2, 1))
     grams.append(a.T @ a)
   for gram in grams:
-    vals, vecs = _symmetric_eigh_2x2(jnp.asarray(gram))
+    vals, vecs = symmetric_eigh_2x2(jnp.asarray(gram))
     scale = max(np.abs(gram).max(), 1e-300)
     np.testing.assert_allclose(vals, np.linalg.eigvalsh(gram), atol=1e-14 * scale)
     np.testing.assert_allclose(vecs.T @ vecs, np.eye(2), atol=1e-12)

@@ -1,4 +1,4 @@
-"""Tests for the image data sets in bdbounds.data.images.
+"""Tests for the image data sets (bdbounds.data.images, image_dataset and tfds_images).
 
 The TFDS tests read real ``array_record`` data sets written into a temporary
 directory by TFDS's own builders (the registered ``mnist``, ``cifar10`` and
@@ -27,6 +27,7 @@ from bdbounds.data import (
   get_image_dataset,
 )
 from bdbounds.data import images
+from bdbounds.data.image_dataset import epoch_order
 
 NUM_FAKE = {"mnist": (10, 4), "cifar10": (20, 6), "celeb_a": (6, 4)}  # (train, test)
 
@@ -92,7 +93,7 @@ def test_test_images_rejects_too_many(digits):
 
 def test_batches_are_a_pure_function_of_seed_and_step(digits):
   a = digits.train_batch(3, 7, 16)
-  images._epoch_order.cache_clear()
+  epoch_order.cache_clear()
   np.testing.assert_array_equal(get_image_dataset("digits").train_batch(3, 7, 16), a)
   assert not np.array_equal(digits.train_batch(3, 8, 16), a)
   assert not np.array_equal(digits.train_batch(4, 7, 16), a)
@@ -122,7 +123,7 @@ def test_num_batches_lays_batches_end_to_end(digits):
 
 def test_resuming_at_a_step_repeats_the_uninterrupted_run(digits_flip):
   uninterrupted = [digits_flip.train_batch(2, step, 128, num_batches=3) for step in range(12)]
-  images._epoch_order.cache_clear()  # a restarted process starts with an empty cache
+  epoch_order.cache_clear()  # a restarted process starts with an empty cache
   resumed = get_image_dataset("digits", flip=True)
   for step in range(7, 12):
     np.testing.assert_array_equal(resumed.train_batch(2, step, 128, num_batches=3), uninterrupted[step])

@@ -1,4 +1,4 @@
-"""Tests for grid quadrature of log Z, NLL and KL (bdbounds.metrics.quadrature)."""
+"""Tests for grid quadrature of log Z, NLL and KL (bdbounds.metrics.quadrature and density)."""
 
 import math
 import warnings

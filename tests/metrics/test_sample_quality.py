@@ -1,4 +1,5 @@
-"""Tests for FID, IS, k-NN precision/recall and PRD (bdbounds.metrics.sample_quality)."""
+"""Tests for FID, IS, k-NN precision/recall and PRD (bdbounds.metrics.sample_quality,
+precision_recall and prd)."""
 
 import numpy as np
 import pytest
@@ -16,7 +17,6 @@ from bdbounds.metrics import (
   prd_from_histograms,
   prd_scores,
 )
-from bdbounds.metrics import sample_quality
 
 
 def random_gaussian(rng, dim):
@@ -35,10 +35,10 @@ def mixture(rng, centres, n_per_mode, std=1.0):
 # Feature statistics and Fréchet distance
 
 
-def test_feature_statistics_matches_numpy(monkeypatch):
-  # A tiny block size makes the blocked accumulation run over several (uneven) blocks.
-  monkeypatch.setattr(sample_quality, "_STATS_CHUNK", 7)
-  x = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32) + 3.0
+def test_feature_statistics_matches_numpy():
+  # More rows than two accumulation blocks of 4096, so the blocked sums run over several
+  # blocks, the last one short.
+  x = np.random.default_rng(0).standard_normal((2 * 4096 + 123, 4)).astype(np.float32) + 3.0
   mu, sigma = feature_statistics(x)
   assert mu.dtype == np.float64 and sigma.dtype == np.float64
   np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), rtol=1e-12)

@@ -220,7 +220,7 @@ def test_every_upsampling_mode_gives_the_same_shapes(mode):
 
 def test_depth_to_space_places_channel_groups_as_patches():
   h = jnp.arange(4.0).reshape(1, 1, 1, 4)
-  np.testing.assert_array_equal(images._depth_to_space(h)[0, :, :, 0], [[0.0, 1.0], [2.0, 3.0]])
+  np.testing.assert_array_equal(images.depth_to_space(h)[0, :, :, 0], [[0.0, 1.0], [2.0, 3.0]])
 
 
 # --------------------------------------------------------------------------- Jacobian bound

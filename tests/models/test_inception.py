@@ -1,10 +1,9 @@
 """FID Inception: the Flax network against an independent NumPy transcription of pytorch-fid's
-forward pass (random weights, PyTorch layouts), the converter's mapping, the weights file's
-checks, the resize, and batching. The slow test runs pytorch-fid itself where it is installed.
+forward pass (random weights, PyTorch layouts), its layers against pytorch-fid's, the resize, and
+batching. The slow test runs pytorch-fid itself where it is installed. The converter and the
+weights file are tested in tests/evaluators/test_inception_weights.py.
 
 The real checkpoint is not available here, so no test asserts its outputs."""
-
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -290,9 +289,9 @@ def test_avg_pool_excludes_padding():
   for i in range(5):
     for j in range(4):
       expected[:, i, j] = x[:, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].mean(axis=(1, 2))
-  np.testing.assert_allclose(inception._avg_pool_3x3(jnp.asarray(x)), expected, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(inception.avg_pool_3x3(jnp.asarray(x)), expected, rtol=1e-6, atol=1e-6)
   # Zeros counted in would give 4/9 at the corners of a constant image.
-  np.testing.assert_allclose(inception._avg_pool_3x3(jnp.ones((1, 3, 3, 1))), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(inception.avg_pool_3x3(jnp.ones((1, 3, 3, 1))), 1.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (13, 20), (400, 350)])
@@ -329,137 +328,6 @@ def test_batches_padding_grey_and_range(variables, images, outputs):
     fn(images[..., :2])
 
 
-# --------------------------------------------------------------------------- converter
-
-def test_converter_mapping(state_dict, variables):
-  params, stats = variables["params"], variables["batch_stats"]
-  np.testing.assert_array_equal(params["fc"]["kernel"], state_dict["fc.weight"].T)
-  np.testing.assert_array_equal(params["fc"]["bias"], state_dict["fc.bias"])
-  layer = params["Mixed_6b"]["branch7x7_2"]   # kernel (1, 7): any axis mix-up shows
-  weight = state_dict["Mixed_6b.branch7x7_2.conv.weight"]
-  assert layer["conv"]["kernel"].shape == (1, 7, 128, 128)
-  np.testing.assert_array_equal(layer["conv"]["kernel"][0, 5, 3, 9], weight[9, 3, 0, 5])
-  np.testing.assert_array_equal(layer["conv"]["kernel"], weight.transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(layer["bn"]["scale"], state_dict["Mixed_6b.branch7x7_2.bn.weight"])
-  np.testing.assert_array_equal(layer["bn"]["bias"], state_dict["Mixed_6b.branch7x7_2.bn.bias"])
-  bn_stats = stats["Mixed_6b"]["branch7x7_2"]["bn"]
-  np.testing.assert_array_equal(bn_stats["mean"], state_dict["Mixed_6b.branch7x7_2.bn.running_mean"])
-  np.testing.assert_array_equal(bn_stats["var"], state_dict["Mixed_6b.branch7x7_2.bn.running_var"])
-  keys = inception.flatten_variables(variables)
-  assert not any("num_batches_tracked" in key for key in keys)
-  assert set(keys) == set(inception.expected_variable_shapes())
-
-
-@pytest.mark.parametrize("edit, names", [
-    (lambda sd: sd.pop("Mixed_7c.branch_pool.bn.running_var"), ["Mixed_7c.branch_pool.bn.running_var"]),
-    (lambda sd: sd.update({"AuxLogits.fc.weight": np.zeros((1008, 768))}), ["AuxLogits.fc.weight"]),
-    (lambda sd: sd.update({"fc.weight": np.zeros((1000, 2048)), "fc.bias": np.zeros(1000)}),
-     ["fc.weight", "(1000, 2048)", "(1008, 2048)"]),
-])
-def test_converter_rejects_other_state_dicts(state_dict, edit, names):
-  state_dict = dict(state_dict)
-  edit(state_dict)
-  with pytest.raises(inception.InceptionWeightsError) as error:
-    convert.convert_state_dict(state_dict)
-  for name in names:
-    assert name in str(error.value)
-
-
-def test_cli_without_torch_says_how_to_install(tmp_path, monkeypatch):
-  checkpoint = tmp_path / inception.CHECKPOINT_NAME
-  checkpoint.write_bytes(b"not read")
-  monkeypatch.setitem(sys.modules, "torch", None)   # `import torch` raises ImportError
-  with pytest.raises(SystemExit, match=r'pip install -e "\.\[convert\]"'):
-    convert.main(["--input", str(checkpoint), "--output", str(tmp_path / "out.npz")])
-  assert not (tmp_path / "out.npz").exists()
-
-
-def test_cli_missing_input(tmp_path):
-  with pytest.raises(SystemExit, match="fid_weights"):
-    convert.main(["--input", str(tmp_path / "absent.pth"), "--output", str(tmp_path / "out.npz")])
-
-
-def test_cli_converts_a_torch_checkpoint(tmp_path, capsys, state_dict, variables):
-  torch = pytest.importorskip("torch")
-  checkpoint = tmp_path / inception.CHECKPOINT_NAME
-  torch.save({name: torch.from_numpy(value) for name, value in state_dict.items()}, checkpoint)
-  convert.main(["--input", str(checkpoint), "--output", str(tmp_path / "fid_inception.npz")])
-  loaded = inception.load_inception_variables(tmp_path / "fid_inception.npz")
-  jax.tree.map(np.testing.assert_array_equal, loaded, variables)
-  assert "does not start with 6726825d" in capsys.readouterr().out   # not the published file
-
-
-# --------------------------------------------------------------------------- weights file
-
-def test_round_trip(tmp_path, variables, images, outputs):
-  path = tmp_path / "fid_inception.npz"
-  inception.save_inception_variables(path, variables)
-  loaded = inception.load_inception_variables(path)
-  jax.tree.map(np.testing.assert_array_equal, loaded, variables)
-  features, logits = inception.make_inception_fn(loaded, batch_size=2, module=SMALL)(images)
-  np.testing.assert_array_equal(features, outputs[0])
-  np.testing.assert_array_equal(logits, outputs[1])
-
-
-def _write(path, flat):
-  with open(path, "wb") as f:
-    np.savez(f, **flat)
-
-
-def test_missing_file_says_where_to_get_the_checkpoint(tmp_path):
-  with pytest.raises(inception.InceptionWeightsError) as error:
-    inception.load_inception_variables(tmp_path / "fid_inception.npz")
-  message = str(error.value)
-  assert isinstance(error.value, ValueError)
-  for part in ["fid_inception.npz", inception.CHECKPOINT_NAME, "mseitzer/pytorch-fid/releases",
-               'pip install -e ".[convert]"', "python -m bdbounds.tools.convert_fid_inception"]:
-    assert part in message
-
-
-def test_unreadable_file(tmp_path):
-  path = tmp_path / "fid_inception.npz"
-  path.write_text("not an npz")
-  with pytest.raises(inception.InceptionWeightsError, match="cannot read"):
-    inception.load_inception_variables(path)
-  with open(path, "wb") as f:
-    np.save(f, np.zeros(3))   # one .npy array
-  with pytest.raises(inception.InceptionWeightsError, match="single array"):
-    inception.load_inception_variables(path)
-
-
-def test_wrong_shape_names_the_key(tmp_path, variables):
-  flat = inception.flatten_variables(variables)
-  key = "params/Mixed_6b/branch7x7_2/conv/kernel"
-  flat[key] = flat[key].transpose(1, 0, 2, 3)   # (7, 1) where (1, 7) belongs
-  _write(tmp_path / "bad.npz", flat)
-  with pytest.raises(inception.InceptionWeightsError) as error:
-    inception.load_inception_variables(tmp_path / "bad.npz")
-  message = str(error.value)
-  for part in [key, "(7, 1, 128, 128)", "(1, 7, 128, 128)", inception.CHECKPOINT_NAME,
-               "convert_fid_inception"]:
-    assert part in message
-
-
-def test_missing_and_unexpected_keys(tmp_path, variables):
-  flat = inception.flatten_variables(variables)
-  del flat["batch_stats/Mixed_5b/branch_pool/bn/var"]
-  _write(tmp_path / "missing.npz", flat)
-  with pytest.raises(inception.InceptionWeightsError, match="batch_stats/Mixed_5b/branch_pool/bn/var"):
-    inception.load_inception_variables(tmp_path / "missing.npz")
-  flat = dict(inception.flatten_variables(variables), extra=np.zeros(3, np.float32))
-  _write(tmp_path / "extra.npz", flat)
-  with pytest.raises(inception.InceptionWeightsError, match="extra is unexpected"):
-    inception.load_inception_variables(tmp_path / "extra.npz")
-
-
-def test_save_refuses_other_variables(tmp_path, variables):
-  flat = inception.flatten_variables(variables)
-  del flat["params/fc/bias"]
-  with pytest.raises(inception.InceptionWeightsError, match="params/fc/bias"):
-    inception.save_inception_variables(tmp_path / "out.npz", inception.unflatten_variables(flat))
-  assert not list(tmp_path.iterdir())
-
-
 # --------------------------------------------------------------------------- pytorch-fid itself
 
 @pytest.mark.slow
@@ -485,3 +353,4 @@ def test_matches_pytorch_fid(state_dict, monkeypatch, shape):
   features, logits = inception.make_inception_fn(variables, batch_size=2)(x)
   np.testing.assert_allclose(features, ref_features, rtol=1e-4, atol=1e-5 * np.abs(ref_features).max())
   np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-5 * np.abs(ref_logits).max())
+

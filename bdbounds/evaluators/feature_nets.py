@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from bdbounds import writers
+from bdbounds.evaluators.common import batched
 
 FEATURE_NETS = ("inception", "digits_classifier")
 
@@ -30,24 +31,6 @@ class FeatureNet(NamedTuple):
   fingerprint: str   # hash of the weights (part of every cache file name)
   features: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # images in [-1, 1] -> (features, logits)
   info: dict         # numbers worth reporting about the network itself
-
-
-def batched(fn: Callable, batch_size: int) -> Callable[..., tuple[np.ndarray, ...]]:
-  """Apply a jitted `fn(*arrays) -> tuple of arrays` over the leading axis in fixed-size batches
-  (the last one padded, so there is one trace per input size class)."""
-  jitted = jax.jit(fn)
-
-  def apply(*arrays):
-    n = len(arrays[0])
-    size = min(batch_size, n)
-    outs = []
-    for start in range(0, n, size):
-      chunk = [np.asarray(a[start:start + size]) for a in arrays]
-      m = len(chunk[0])
-      chunk = [np.concatenate([c, np.repeat(c[-1:], size - m, axis=0)]) for c in chunk]
-      outs.append([np.asarray(o)[:m] for o in jitted(*chunk)])
-    return tuple(np.concatenate(parts) for parts in zip(*outs))
-  return apply
 
 
 def _fingerprint(params) -> str:
@@ -60,8 +43,9 @@ def _fingerprint(params) -> str:
 @functools.lru_cache(maxsize=2)
 def inception_net(weights_path: str, batch_size: int) -> FeatureNet:
   """The FID Inception from `weights_path` (a .npz written by bdbounds.tools.convert_fid_inception)."""
+  from bdbounds.evaluators import inception_weights
   from bdbounds.models import inception
-  variables = inception.load_inception_variables(os.path.expanduser(weights_path))
+  variables = inception_weights.load_inception_variables(os.path.expanduser(weights_path))
   features = inception.make_inception_fn(variables, batch_size)
   return FeatureNet("inception", _fingerprint(variables), features, {})
 
