@@ -20,8 +20,9 @@ What it logs (logger ``bdbounds.checkpointing``), one line per event: INFO
 ``checkpoint saved at step N`` once a save is known to be committed (at the
 next :meth:`~Checkpointer.save`, :meth:`~Checkpointer.wait`,
 :meth:`~Checkpointer.close` or :meth:`~Checkpointer.restore`, which wait for
-it), and a WARNING per checkpoint that restore skips. Orbax's own lines go
-through absl's logger; see :mod:`bdbounds.logs` for what the terminal shows.
+it), and a WARNING for each checkpoint that restore skips for an older one
+(when none is left, the error says why). Orbax's own lines go through absl's
+logger; see :mod:`bdbounds.logs` for what the terminal shows.
 
 How Orbax marks a checkpoint complete: every finished step directory
 contains a ``commit_success.txt`` file, the last file a save writes.

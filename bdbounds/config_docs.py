@@ -1,21 +1,27 @@
 """docs/configs.md, generated from configs/base.py: every key, its default and its comment.
 
     python -m bdbounds.config_docs      # rewrite docs/configs.md (run from the repository root)
+    python -m bdbounds.config_docs --base=configs/base.py --output=docs/configs.md
 
-Keys and defaults come from `configs.base.get_config()`; the meaning of a key is the trailing
-`# comment` on the line that assigns it in configs/base.py, found with `ast` and `tokenize`,
-so a key added to base.py shows up here with no other edit (and a key without a comment is an
-error). `tests/test_docs.py` checks that the committed file matches.
+Keys and defaults come from the `get_config()` of configs/base.py, loaded by path (configs/ is
+not part of the package); the meaning of a key is the trailing `# comment` on the line that
+assigns it there, found with `ast` and `tokenize`, so a key added to base.py shows up here with
+no other edit (and a key without a comment is an error). `tests/test_docs.py` checks that the committed file matches.
 """
 
+import argparse
 import ast
-import inspect
 import io
 import os
 import tokenize
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import ml_collections
+
+from bdbounds import config_files
+
+BASE_PATH = os.path.join("configs", "base.py")
+DOCS_PATH = os.path.join("docs", "configs.md")
 
 HEADER = """# Configuration keys
 
@@ -31,14 +37,6 @@ class Entry(NamedTuple):
   key: str       # dotted path, e.g. "training.batch_size"
   default: object
   comment: str   # the trailing comment on the key's line, without "#"
-
-
-def _base_module():
-  try:
-    from configs import base  # a top-level folder of the repository, not part of the package
-  except ModuleNotFoundError as e:
-    raise ModuleNotFoundError("configs/ is not importable: run from the repository root") from e
-  return base
 
 
 def _line_comments(source: str) -> dict:
@@ -79,12 +77,12 @@ def _leaves(config: ml_collections.ConfigDict, prefix: str = ""):
       yield f"{prefix}{name}", value
 
 
-def config_entries() -> list:
-  """Every leaf key of `configs.base.get_config()`, in the order base.py defines them."""
-  base = _base_module()
-  found = _key_comments(inspect.getsource(base))
+def config_entries(base: str = BASE_PATH) -> list:
+  """Every leaf key of the config file `base`, in the order it defines them."""
+  with open(base, encoding="utf-8") as f:
+    found = _key_comments(f.read())
   unknown = (float("inf"), "")  # a key set other than by a plain assignment: last, no comment
-  leaves = sorted(_leaves(base.get_config()), key=lambda kv: found.get(kv[0], unknown)[0])
+  leaves = sorted(_leaves(config_files.load_config_file(base)), key=lambda kv: found.get(kv[0], unknown)[0])
   return [Entry(key, value, found.get(key, unknown)[1]) for key, value in leaves]
 
 
@@ -104,12 +102,12 @@ def _cell(text: str) -> str:
   return text.replace("|", "\\|")
 
 
-def render_config_table() -> str:
+def render_config_table(base: str = BASE_PATH) -> str:
   """The Markdown of docs/configs.md: one table per section of the configuration."""
-  entries = config_entries()
+  entries = config_entries(base)
   missing = [e.key for e in entries if not e.comment]
   if missing:
-    raise ValueError(f"keys without a trailing comment in configs/base.py: {', '.join(missing)}")
+    raise ValueError(f"keys without a trailing comment in {base}: {', '.join(missing)}")
   sections = {}
   for entry in entries:
     section, _, _ = entry.key.rpartition(".")
@@ -123,17 +121,15 @@ def render_config_table() -> str:
   return "\n".join(out)
 
 
-def docs_path() -> str:
-  """docs/configs.md of the repository that holds the `configs` folder."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(inspect.getsourcefile(_base_module()))))
-  return os.path.join(root, "docs", "configs.md")
-
-
-def main():
-  path = docs_path()
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(render_config_table())
-  print(f"wrote {os.path.relpath(path)}")
+def main(argv: Sequence[str] | None = None):
+  parser = argparse.ArgumentParser(prog="python -m bdbounds.config_docs", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--base", default=BASE_PATH, help=f"the config file of every key (default {BASE_PATH})")
+  parser.add_argument("--output", default=DOCS_PATH, help=f"the Markdown file written (default {DOCS_PATH})")
+  args = parser.parse_args(argv)
+  text = render_config_table(args.base)
+  with open(args.output, "w", encoding="utf-8") as f:
+    f.write(text)
+  print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def initialize_distributed(environ: Mapping[str, str] | None = None) -> bool:
   if jax.config.jax_cpu_collectives_implementation is None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
-  logging.info("process %d of %d (%s): %d local devices, %d in all", jax.process_index(),
+  logging.getLogger(__name__).info("process %d of %d (%s): %d local devices, %d in all", jax.process_index(),
                jax.process_count(), source, jax.local_device_count(), jax.device_count())
   return True
 

@@ -5,7 +5,7 @@
     python bench/eval_metrics.py --config configs/cifar10.py --inception-weights fid_inception.npz
 
 Without `--workdir` the generator is freshly initialised: the costs do not depend on training.
-The last row is the whole evaluation (`evaluate.evaluate_state`, including bits per dimension
+The last row is the whole evaluation (`evaluators.make_evaluation`, including bits per dimension
 when the config's energy is time-conditioned) with the reference statistics already cached.
 """
 
@@ -20,7 +20,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for `configs`, `bench`
 
-from bdbounds import evaluate, feature_nets, metrics, parallel, train  # noqa: E402
+from bdbounds import evaluators, experiment, metrics, parallel  # noqa: E402
+from bdbounds.evaluators import feature_nets  # noqa: E402
 from bench.image_step import load_config  # noqa: E402
 
 
@@ -47,19 +48,19 @@ def main():
     if args.inception_weights:
       config.eval.feature_net, config.eval.inception_weights = "inception", args.inception_weights
   if args.workdir:
-    exp, state = evaluate._restore_state(config, args.workdir, None)
+    exp, state = experiment.restore(args.workdir, config=config)
   else:
-    exp = train.build_experiment(config)
+    exp = experiment.create_experiment(config)
     state = jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(parallel.create_mesh()))
-  e, n = config.eval, args.num_samples
+  e, n = exp.eval, args.num_samples
   rows = []
 
-  net, seconds = timed(lambda: evaluate._feature_net(config, exp))
+  net, seconds = timed(lambda: evaluators.create_feature_net(exp))
   if net is None:
     sys.exit("no feature network: pass --inception-weights or use configs/digits.py")
   rows.append((f"build the feature network ({net.name})", seconds, ""))
-  params = state.generator_ema if state.generator_ema is not None else state.generator.params
-  sample = jax.jit(lambda k: evaluate._sample_generator(exp, params, k, e.batch_size)[0])
+  params, shared = evaluators.sampling_params(state), evaluators.make_shared(exp)
+  sample = lambda k: shared.sample(params, k, e.batch_size)[0]
   timed(sample, jax.random.PRNGKey(0))  # compile
   images, seconds = timed(lambda: np.concatenate([np.asarray(sample(jax.random.PRNGKey(i)))
                                                   for i in range(-(-n // e.batch_size))])[:n])
@@ -82,10 +83,11 @@ def main():
                f"P {precision:.3f} R {recall:.3f}"))
   (f8, f1_8), seconds = timed(metrics.prd_scores, reference["features"], fake)
   rows.append(("PRD (20 clusters, 10 runs)", seconds, f"F8 {f8:.3f} F1/8 {f1_8:.3f}"))
-  report, seconds = timed(lambda: evaluate.evaluate_state(config, exp, state, tempfile.mkdtemp(),
-                                                          key=jax.random.PRNGKey(0)))
+  evaluation = evaluators.make_evaluation(exp)
+  evaluation(state, key=jax.random.PRNGKey(0))  # compile
+  (report, _), seconds = timed(lambda: evaluation(state, key=jax.random.PRNGKey(0)))
   bpd = f", {report['bits_per_dim']:.3f} bits/dim" if "bits_per_dim" in report else ""
-  rows.append((f"whole evaluation ({n} samples, cached references)", seconds, f"FID {report['fid']:.3f}{bpd}"))
+  rows.append((f"whole evaluation ({n} samples, cached references, compiled)", seconds, f"FID {report['fid']:.3f}{bpd}"))
 
   print(f"{config.data.name}, {jax.devices()[0].platform}, eval batch {e.batch_size}\n")
   print("| part | seconds | |\n|---|---:|---|")

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # for `configs`
 
-from bdbounds import objectives, parallel, train  # noqa: E402
+from bdbounds import experiment, objectives, parallel, train  # noqa: E402
 from bdbounds.data import ImageDataset  # noqa: E402
 
 IMAGE_SHAPES = {"digits": None, "mnist": (32, 32, 1), "cifar10": (32, 32, 3), "celeba64": (64, 64, 3)}
@@ -55,11 +55,11 @@ def time_pairing(config, lower: str, upper: str, num_steps: int) -> tuple[float,
   with config.unlocked():
     config.bounds.lower, config.bounds.upper = lower, upper
   shape = IMAGE_SHAPES[config.data.name] or (config.data.image_size,) * 2 + (1,)
-  exp = train.build_experiment(config, dataset=synthetic_dataset(shape))
+  exp = experiment.create_experiment(config, dataset=synthetic_dataset(shape))
   mesh = parallel.create_mesh()
-  step = train.make_step_fn(config, exp, mesh)
+  step = train.make_step_fn(exp, mesh)
   state = jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(mesh))
-  batch_fn = train.make_batch_fn(config, exp, mesh)
+  batch_fn = train.make_batch_fn(exp, mesh)
   key = jax.random.PRNGKey(1)
   start = time.perf_counter()
   state, metrics = step(state, batch_fn(0), key)

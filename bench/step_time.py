@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # for `configs`
 
-from bdbounds import objectives, parallel, train  # noqa: E402
+from bdbounds import experiment, objectives, parallel, train  # noqa: E402
 from configs import toy  # noqa: E402
 
 
@@ -29,11 +29,11 @@ def time_pairing(lower: str, upper: str, num_steps: int, preset: str) -> tuple[f
   config = toy.get_config(preset)
   with config.unlocked():
     config.bounds.lower, config.bounds.upper = lower, upper
-  exp = train.build_experiment(config)
+  exp = experiment.create_experiment(config)
   mesh = parallel.create_mesh()
-  step = train.make_step_fn(config, exp, mesh)
+  step = train.make_step_fn(exp, mesh)
   state = jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(mesh))
-  batch_fn = train.make_batch_fn(config, exp, mesh)
+  batch_fn = train.make_batch_fn(exp, mesh)
   key = jax.random.PRNGKey(1)
   batches = [batch_fn(i) for i in range(num_steps + 1)]
   start = time.perf_counter()

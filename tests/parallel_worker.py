@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
-from bdbounds import train  # noqa: E402
+from bdbounds import experiment, train  # noqa: E402
 from configs import toy  # noqa: E402
 
 
@@ -38,13 +38,13 @@ def run(out: str, num_steps: int, batch_size: int, preset: str) -> None:
     config.model.generator_input_scale = 2.0
     config.bounds.negative_phase = "samples"
     config.training.data_noise = 0.0
-  exp = train.build_experiment(config)
+  exp = experiment.create_experiment(config)
   mesh = parallel.create_mesh()
   parallel.check_batch_size(batch_size, mesh)
-  step_fn = train.make_step_fn(config, exp, mesh)
-  keys = train.create_keys(config.seed)
+  step_fn = train.make_step_fn(exp, mesh)
+  keys = experiment.create_keys(config.seed)
   state = jax.device_put(exp.init_state(keys["init"]), parallel.replicated(mesh))
-  batch_fn = train.make_batch_fn(config, exp, mesh)
+  batch_fn = train.make_batch_fn(exp, mesh)
   batches, arrays = [], {}
   for step in range(num_steps):
     batch = batch_fn(step)

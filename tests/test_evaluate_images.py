@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from bdbounds import evaluate, feature_nets, parallel, train
+from bdbounds import evaluators, experiment, parallel, train
+from bdbounds.evaluators import feature_nets
 from bdbounds.data import images
 from configs import digits
 
@@ -22,10 +23,11 @@ def evaluated(tmp_path, upper="diffusion", **eval_overrides):
   config.eval.batch_size = 128
   config.eval.stats_dir = str(tmp_path / "stats")
   config.eval.update(eval_overrides)
-  exp = train.build_experiment(config)
+  exp = experiment.create_experiment(config)
   mesh = parallel.create_mesh()
   state = jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(mesh))
-  report = evaluate.evaluate_state(config, exp, state, str(tmp_path / "run"), key=jax.random.PRNGKey(1))
+  report = evaluators.evaluate_and_write(evaluators.make_evaluation(exp), state, str(tmp_path / "run"),
+                                         key=jax.random.PRNGKey(1))
   return config, exp, report
 
 
@@ -50,7 +52,7 @@ def test_digits_evaluation_reports_bits_per_dim_and_sample_quality(tmp_path):
   cached = os.listdir(tmp_path / "stats")
   assert len(cached) == 1 and cached[0].startswith("digits-8x8x1-train-300-200-digits_classifier-")
   # Text summary and the saved report.
-  text = evaluate.format_report(report, "run")
+  text = evaluators.format_report(report, "run")
   assert "bits/dim" in text and "FID" in text
   assert os.path.exists(tmp_path / "run" / "eval" / "0.json")
 
@@ -84,9 +86,9 @@ def test_without_inception_weights_the_image_metrics_are_skipped_with_one_line(t
 
 def test_the_digit_classifier_refuses_other_data(tmp_path):
   config = digits.get_config("smoke")
-  exp = train.build_experiment(config)
+  exp = experiment.create_experiment(config)
   with pytest.raises(ValueError, match="inception"):
-    evaluate._feature_net(config, exp._replace(dataset=dataclasses.replace(exp.dataset, name="mnist")))
+    evaluators.create_feature_net(exp._replace(dataset=dataclasses.replace(exp.dataset, name="mnist")))
 
 
 def test_inception_weights_of_the_wrong_shape_are_refused_by_name(tmp_path):
@@ -110,7 +112,7 @@ def test_bad_evaluation_settings_stop_a_run_before_it_starts(tmp_path):
     config = digits.get_config("smoke")
     config.eval.feature_net = "inception"
     config.eval[key] = value
-    with pytest.raises(train.ConfigError, match=match):
+    with pytest.raises(experiment.ConfigError, match=match):
       train.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # nothing written: the corrected command starts clean
 

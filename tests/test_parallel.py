@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import pytest
 
-from bdbounds import evaluate, parallel
+from bdbounds import experiment, parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600
@@ -227,7 +227,7 @@ def test_the_trainer_on_two_processes_matches_one_process_exactly(tmp_path):
 def saved_state(workdir) -> dict:
   """The latest checkpoint of `workdir`, restored onto this process's devices (as the loaders
   do, whatever layout saved it), by leaf path."""
-  _, state = evaluate._restore(str(workdir), None)
+  _, state = experiment.restore(str(workdir))
   assert int(state.step) == 20
   return {jax.tree_util.keystr(path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]}

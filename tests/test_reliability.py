@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import pytest
 
-from bdbounds import evaluate, train, writers
+from bdbounds import experiment, train, writers
 from bdbounds.data import DatasetNotPreparedError
 from configs import mnist, toy
 
@@ -124,7 +124,7 @@ def metric_lines(workdir):
 
 def saved_state(workdir):
   """The newest checkpoint of a run, restored with the run's own config.json."""
-  _, state = evaluate._restore(str(workdir), None)
+  _, state = experiment.restore(str(workdir))
   return jax.device_get(state)
 
 
@@ -302,11 +302,11 @@ def _mnist_without_data(tmp_path):
 
 
 @pytest.mark.parametrize("make_config, error, match", [
-    (lambda _: smoke_config(("data.name", "nosuch")), train.ConfigError, "unknown data set"),
-    (lambda _: smoke_config(("bounds.lower", "nosuch")), train.ConfigError, "bounds.lower='nosuch'"),
-    (lambda _: smoke_config(("model.arch", "dcgan")), train.ConfigError, "is 2-D: use model.arch='mlp'"),
-    (lambda _: smoke_config(("training.batch_size", 0)), train.ConfigError, "training.batch_size=0"),
-    (lambda _: smoke_config(("model.energy_hidden", ("abc",))), train.ConfigError, "model.energy_hidden=('abc',)"),
+    (lambda _: smoke_config(("data.name", "nosuch")), experiment.ConfigError, "unknown data set"),
+    (lambda _: smoke_config(("bounds.lower", "nosuch")), experiment.ConfigError, "bounds.lower='nosuch'"),
+    (lambda _: smoke_config(("model.arch", "dcgan")), experiment.ConfigError, "is 2-D: use model.arch='mlp'"),
+    (lambda _: smoke_config(("training.batch_size", 0)), experiment.ConfigError, "training.batch_size=0"),
+    (lambda _: smoke_config(("model.energy_hidden", ("abc",))), experiment.ConfigError, "model.energy_hidden=('abc',)"),
     (_mnist_without_data, DatasetNotPreparedError, "tfds build mnist"),
 ], ids=["unknown_data_set", "unknown_bound", "wrong_architecture", "batch_size", "hidden_widths",
         "image_data_not_prepared"])
@@ -364,7 +364,7 @@ def test_a_long_run_stays_finite_and_its_disk_use_stays_bounded(tmp_path):
   watch = _CheckpointWatch(workdir)
   watch.start()
   try:
-    report = train.train_and_evaluate(config, str(workdir))
+    _, report = train.train_and_evaluate(config, str(workdir))
   finally:
     watch.stop()
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from bdbounds import bounds, evaluate, objectives, parallel, steps, train
+from bdbounds import bounds, evaluate, experiment, objectives, parallel, steps, train
 from configs import toy
 
 
@@ -55,11 +55,11 @@ def test_every_other_pairing_trains_a_few_finite_steps(lower, upper):
 
 def check_pairing_trains(lower, upper):
   config = smoke_config(("bounds.lower", lower), ("bounds.upper", upper), ("bounds.mi_estimator", "dv"))
-  exp = train.build_experiment(config)
-  step = jax.jit(steps.make_train_step(exp.settings, exp.nets, exp.optimizers, latent_dim=exp.latent_dim,
+  exp = experiment.create_experiment(config)
+  step = jax.jit(steps.make_train_step(exp.game, exp.optimizers, latent_dim=exp.latent_dim,
                                        energy_steps=1, generator_steps=1))
   state = exp.init_state(jax.random.PRNGKey(0))
-  batch_fn = train.make_batch_fn(config, exp, parallel.create_mesh())
+  batch_fn = train.make_batch_fn(exp, parallel.create_mesh())
   for i in range(3):
     state, metrics = step(state, batch_fn(i), jax.random.PRNGKey(2))
   chex.assert_tree_all_finite((params_of(state), metrics))
@@ -71,7 +71,8 @@ def check_pairing_trains(lower, upper):
 
 def test_main_job_writes_the_output_contract(tmp_path, capsys):
   workdir = str(tmp_path / "run")
-  report = train.train_and_evaluate(smoke_config(), workdir)
+  state, report = train.train_and_evaluate(smoke_config(), workdir)
+  assert int(state.step) == report["step"] == 20
   for name in ("config.json", "metrics.jsonl", "checkpoints", "plots/20.png", "eval/20.json", "eval/10.json"):
     assert os.path.exists(os.path.join(workdir, name)), name
   with open(os.path.join(workdir, "eval", "20.json")) as f:
@@ -89,10 +90,10 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
   # A constant learning rate and no data noise, so that stopping at step 10 (by a smaller step
   # budget) leaves the rest of the run's schedules unchanged; both depend on training.num_steps.
   settings = (("eval.every_steps", 1000), ("training.lr_decay", False), ("training.data_noise", 0.0))
-  full = train.train_and_evaluate(smoke_config(*settings), str(tmp_path / "full"))
+  _, full = train.train_and_evaluate(smoke_config(*settings), str(tmp_path / "full"))
   interrupted = str(tmp_path / "resumed")
   train.train_and_evaluate(smoke_config(("training.num_steps", 10), *settings), interrupted)
-  resumed = train.train_and_evaluate(smoke_config(*settings), interrupted)
+  _, resumed = train.train_and_evaluate(smoke_config(*settings), interrupted)
   assert full["step"] == resumed["step"] == 20
   a = evaluate.load_energy(str(tmp_path / "full"))
   b = evaluate.load_energy(interrupted)
@@ -111,13 +112,13 @@ def test_workdir_of_a_different_config_is_refused(tmp_path):
 
 def test_train_step_is_traced_once():
   config = smoke_config()
-  exp = train.build_experiment(config)
+  exp = experiment.create_experiment(config)
   mesh = parallel.create_mesh()
   traced = chex.assert_max_traces(n=1)(steps.make_train_step(
-      exp.settings, exp.nets, exp.optimizers, latent_dim=exp.latent_dim, energy_steps=1, generator_steps=1))
+      exp.game, exp.optimizers, latent_dim=exp.latent_dim, energy_steps=1, generator_steps=1))
   step = parallel.jit_train_step(traced, mesh)
   state = jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(mesh))
-  batch_fn = train.make_batch_fn(config, exp, mesh)
+  batch_fn = train.make_batch_fn(exp, mesh)
   for i in range(4):
     state, _ = step(state, batch_fn(i), jax.random.PRNGKey(2))
   assert int(state.step) == 4
@@ -127,20 +128,20 @@ def test_bad_presets_and_settings_are_explained():
   with pytest.raises(ValueError, match="unknown preset 'ringz'"):
     toy.get_config("ringz")
   with pytest.raises(ValueError, match="bounds.upper='gp'"):
-    objectives.BoundSettings(upper="gp")
+    experiment.create_experiment(smoke_config(("bounds.upper", "gp")))
   with pytest.raises(ValueError, match="divisible"):
     parallel.check_batch_size(3, type("M", (), {"size": 2})())
 
 
 def test_negative_phase_is_importance_weighted_where_the_generator_has_a_density():
-  assert train.build_experiment(smoke_config()).settings.importance_weighting
+  assert experiment.create_experiment(smoke_config()).settings.importance_weighting
   for overrides in ((("bounds.lower", "mutual_info"),), (("bounds.negative_phase", "samples"),),
                     (("model.latent_dim", 3),)):
-    assert not train.build_experiment(smoke_config(*overrides)).settings.importance_weighting, overrides
-  with pytest.raises(train.ConfigError, match="negative_phase='importance' needs the generator's density"):
-    train.build_experiment(smoke_config(("bounds.lower", "mutual_info"), ("bounds.negative_phase", "importance")))
-  with pytest.raises(train.ConfigError, match="bounds.negative_phase='both' is not one of"):
-    train.build_experiment(smoke_config(("bounds.negative_phase", "both")))
+    assert not experiment.create_experiment(smoke_config(*overrides)).settings.importance_weighting, overrides
+  with pytest.raises(experiment.ConfigError, match="negative_phase='importance' needs the generator's density"):
+    experiment.create_experiment(smoke_config(("bounds.lower", "mutual_info"), ("bounds.negative_phase", "importance")))
+  with pytest.raises(experiment.ConfigError, match="bounds.negative_phase='both' is not one of"):
+    experiment.create_experiment(smoke_config(("bounds.negative_phase", "both")))
 
 
 @pytest.mark.parametrize("upper,defensive", [("none", 0), ("latent_fisher", 0), ("latent_fisher", 8)])
@@ -148,13 +149,13 @@ def test_importance_weighted_energy_loss_is_data_energy_plus_log_z_estimate(uppe
   """The loss against a by-hand computation; with the latent-Fisher penalty, the scores shared
   with the importance weights give the penalty the standalone path computes; defensive
   samples join the generator's, each weighed by its own proposal's density."""
-  exp = train.build_experiment(smoke_config(("bounds.upper", upper), ("bounds.defensive_samples", defensive)))
+  exp = experiment.create_experiment(smoke_config(("bounds.upper", upper), ("bounds.defensive_samples", defensive)))
   state = exp.init_state(jax.random.PRNGKey(0))
   energy_params, gen_params = state.energy.params, state.generator.params
   x_data = jax.random.normal(jax.random.PRNGKey(1), (16, 2))
   z = jax.random.normal(jax.random.PRNGKey(2), (16, 2))
   key = jax.random.PRNGKey(3)
-  loss, terms = objectives.energy_loss(exp.settings, exp.nets, energy_params, gen_params, x_data, z, 0, key)
+  loss, terms = exp.game.energy_loss(energy_params, gen_params, x_data, z, 0, key)
   generator_fn = lambda z: exp.nets.generator(gen_params, z)
   x_fake = jax.vmap(generator_fn)(z)
   log_q = np.array([-0.5 * zi @ zi - np.log(2 * np.pi) - np.log(abs(np.linalg.det(jax.jacfwd(generator_fn)(zi))))
@@ -165,10 +166,9 @@ def test_importance_weighted_energy_loss_is_data_energy_plus_log_z_estimate(uppe
     x0, log_q0 = bounds.data_kernel_proposal(jax.random.split(key)[0], x_data, defensive)
     log_w = np.concatenate([log_w, -np.asarray(energy(x0)) - np.asarray(log_q0)])
   log_z = np.log(np.mean(np.exp(log_w - log_w.max()))) + log_w.max()
-  penalty = objectives.upper_penalty(exp.settings, exp.nets, energy_params, gen_params, x_data, x_fake, z,
-                                     jax.random.split(key)[1])
+  penalty = exp.game.upper_penalty(energy_params, gen_params, x_data, x_fake, z, jax.random.split(key)[1])
   np.testing.assert_allclose(terms["penalty"], penalty, rtol=1e-4)
-  expected = np.mean(energy(x_data)) + log_z + objectives.upper_weight(exp.settings, 0) * penalty
+  expected = np.mean(energy(x_data)) + log_z + exp.game.upper_weight(0) * penalty
   np.testing.assert_allclose(loss, expected, rtol=1e-4)
   assert 1 / (16 + defensive) <= terms["ess"] <= 1
 
@@ -178,11 +178,11 @@ def test_data_noise_is_annealed_to_zero():
                              [0.3, 0.075, 0.0, 0.0], rtol=1e-6)
   assert float(steps.data_noise_std(10, 0.0, 100)) == 0.0
   config = smoke_config(("training.data_noise", 0.3), ("training.data_noise_fraction", 0.5))
-  exp = train.build_experiment(config)
-  step = jax.jit(steps.make_train_step(exp.settings, exp.nets, exp.optimizers, latent_dim=exp.latent_dim,
+  exp = experiment.create_experiment(config)
+  step = jax.jit(steps.make_train_step(exp.game, exp.optimizers, latent_dim=exp.latent_dim,
                                        energy_steps=1, generator_steps=1, data_noise=0.3, data_noise_steps=10))
   state = exp.init_state(jax.random.PRNGKey(0))
-  batch_fn = train.make_batch_fn(config, exp, parallel.create_mesh())
+  batch_fn = train.make_batch_fn(exp, parallel.create_mesh())
   seen = []
   for i in range(12):
     state, metrics = step(state, batch_fn(i), jax.random.PRNGKey(2))
@@ -200,7 +200,7 @@ def test_trained_model_respects_the_sandwich(tmp_path):
     config.checkpoint.every_steps = 1500
     config.log.every_steps = 500
     config.log.progress_bar = False
-  report = train.train_and_evaluate(config, str(tmp_path / "run"))
+  _, report = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert report["quadrature_converged"]
   assert report["nll_lower_bound"] <= report["nll"]
   assert report["kl_data_model"] < 1.5  # far better than the untrained model, if not yet good
@@ -228,7 +228,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
   assert saved and saved[-1] >= 5, saved  # a step between cadences, saved on the signal
   # The same command (with an attainable budget) picks up from that step.
   budget = saved[-1] + 3
-  report = train.train_and_evaluate(smoke_config(("training.num_steps", budget), ("checkpoint.every_steps", 1000000),
+  _, report = train.train_and_evaluate(smoke_config(("training.num_steps", budget), ("checkpoint.every_steps", 1000000),
                                                  ("eval.every_steps", 1000000), ("log.every_steps", 5)),
                                     str(workdir))
   assert report["step"] == budget

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from bdbounds import evaluate, objectives, parallel, train
+from bdbounds import evaluate, experiment, objectives, parallel, train
 from configs import digits
 
 
@@ -22,10 +22,10 @@ def digits_config(**bounds):
 
 
 def run_steps(config, num_steps):
-  exp = train.build_experiment(config)
+  exp = experiment.create_experiment(config)
   mesh = parallel.create_mesh()
-  step = train.make_step_fn(config, exp, mesh)
-  batch_fn = train.make_batch_fn(config, exp, mesh)
+  step = train.make_step_fn(exp, mesh)
+  batch_fn = train.make_batch_fn(exp, mesh)
   state = jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(mesh))
   for i in range(num_steps):
     state, metrics = step(state, batch_fn(i), jax.random.PRNGKey(1))
@@ -65,7 +65,7 @@ def test_digits_main_job_writes_samples_and_the_bound_report(tmp_path, capsys):
   workdir = str(tmp_path / "digits")
   config = digits_config()
   config.eval.stats_dir = str(tmp_path / "stats")  # reference statistics for FID, cached per test
-  report = train.train_and_evaluate(config, workdir)
+  _, report = train.train_and_evaluate(config, workdir)
   for name in ("config.json", "metrics.jsonl", "checkpoints", "plots/3.png", "plots/6.png", "eval/6.json"):
     assert os.path.exists(os.path.join(workdir, name)), name
   with open(os.path.join(workdir, "eval", "6.json")) as f:
@@ -84,8 +84,8 @@ def test_images_need_a_conv_architecture():
   with config.unlocked():
     config.model.arch = "mlp"
   with pytest.raises(ValueError, match="model.arch"):
-    train.build_experiment(config)
+    experiment.create_experiment(config)
   with pytest.raises(ValueError, match="unknown data set"):
     with config.unlocked():
       config.data.name = "imagenet"
-    train.build_experiment(config)
+    experiment.create_experiment(config)

@@ -9,6 +9,7 @@ from bdbounds.metrics.density import (
   log_density_fn,
   nll,
 )
+from bdbounds.metrics.entropy import GridEntropy, noisy_generator_entropy
 from bdbounds.metrics.likelihood import bin_width, bits_per_dim, dequantize
 from bdbounds.metrics.prd import kmeans, prd_curve, prd_f_beta, prd_from_histograms, prd_scores
 from bdbounds.metrics.precision_recall import precision_recall_knn
