@@ -110,13 +110,13 @@ def _on_cloud_tpu_vm() -> bool:
   return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
 
 
-def create_mesh() -> Mesh:
-  """A 1-D ("data",) mesh of every device of every process.
+def create_mesh(devices=None) -> Mesh:
+  """A 1-D ("data",) mesh of every device of every process (or of `devices`).
 
   Devices are ordered by process, so each process holds one contiguous block of the batch
   and can feed it from its own slice of the data.
   """
-  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  devices = sorted(jax.devices() if devices is None else devices, key=lambda d: (d.process_index, d.id))
   return Mesh(np.asarray(devices), ("data",))
 
 

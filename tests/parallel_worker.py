@@ -1,10 +1,11 @@
 """Child process of tests/test_parallel.py: a few toy training steps on this process's devices.
 
-    python -m tests.parallel_worker OUT [--steps 12] [--batch 32] [--preset smoke]
+    python -m tests.parallel_worker OUT [--steps 12] [--batch 32] [--preset smoke] [--mesh_sizes 1,2,4]
 
 Run from the repository root. It joins a multi-process job when JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID are set (`parallel.initialize_distributed`), and
-writes `OUT.<process index>.npz`: the parameters and metrics after the first and the last
+writes `OUT.<process index>.npz` (with `--mesh_sizes`, one run on a mesh of the first n local
+devices each, `OUT.mesh<n>.npz`): the parameters and metrics after the first and the last
 step (`first_param:<path>`, `param:<path>`, `first_metric:<name>`, `metric:<name>`), the
 topology, and every global batch, gathered whole (`batches`).
 """
@@ -24,7 +25,7 @@ from bdbounds import experiment, train  # noqa: E402
 from configs import toy  # noqa: E402
 
 
-def run(out: str, num_steps: int, batch_size: int, preset: str) -> None:
+def run(out: str, num_steps: int, batch_size: int, preset: str, mesh=None) -> None:
   config = toy.get_config(preset)
   with config.unlocked():
     config.training.num_steps = num_steps
@@ -39,7 +40,7 @@ def run(out: str, num_steps: int, batch_size: int, preset: str) -> None:
     config.bounds.negative_phase = "samples"
     config.training.data_noise = 0.0
   exp = experiment.create_experiment(config)
-  mesh = parallel.create_mesh()
+  mesh = parallel.create_mesh() if mesh is None else mesh
   parallel.check_batch_size(batch_size, mesh)
   step_fn = train.make_step_fn(exp, mesh)
   keys = experiment.create_keys(config.seed)
@@ -53,8 +54,8 @@ def run(out: str, num_steps: int, batch_size: int, preset: str) -> None:
     if step == 0:  # one step from the same start: only the arithmetic's order differs
       arrays.update(_flat("first_", state, metrics))
   arrays.update(_flat("", state, metrics))
-  np.savez(f"{out}.{jax.process_index()}.npz", **arrays, step=int(state.step),
-           process_count=jax.process_count(), device_count=jax.device_count(),
+  np.savez(f"{out}.npz", **arrays, step=int(state.step),
+           process_count=jax.process_count(), device_count=mesh.size,
            local_device_count=jax.local_device_count(), batches=np.stack(batches))
 
 
@@ -74,8 +75,13 @@ def main():
   parser.add_argument("--steps", type=int, default=12)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--preset", default="smoke", help="configs/toy.py presets")
+  parser.add_argument("--mesh_sizes", help="comma-separated: train on a mesh of the first n local devices, each")
   args = parser.parse_args()
-  run(args.out, args.steps, args.batch, args.preset)
+  if args.mesh_sizes is None:
+    run(f"{args.out}.{jax.process_index()}", args.steps, args.batch, args.preset)
+  for n in map(int, filter(None, (args.mesh_sizes or "").split(","))):
+    run(f"{args.out}.mesh{n}", args.steps, args.batch, args.preset,
+        mesh=parallel.create_mesh(jax.local_devices()[:n]))
 
 
 if __name__ == "__main__":

@@ -171,6 +171,19 @@ def assert_same_training(a, b, tolerances, what):
         np.testing.assert_allclose(b[key], a[key], **tol[f"{kind}s"], err_msg=f"{what}: {key}")
 
 
+def test_the_sharded_step_trains_like_the_unsharded_one_on_2_and_4_devices(tmp_path):
+  """One process with 4 fake CPU devices, the step on meshes of 1, 2 and 4 of them."""
+  argv = [sys.executable, "-m", "tests.parallel_worker", str(tmp_path / "run"), "--steps", "6", "--batch", "32",
+          "--mesh_sizes", "1,2,4"]
+  run_children(tmp_path, {"meshes": (argv, child_env(4))})
+  runs = {n: np.load(tmp_path / f"run.mesh{n}.npz") for n in (1, 2, 4)}
+  for n, run in runs.items():
+    assert int(run["step"]) == 6 and int(run["device_count"]) == n
+    np.testing.assert_array_equal(run["batches"], runs[1]["batches"], err_msg=f"{n} devices: other batches")
+  for n in (2, 4):
+    assert_same_training(runs[1], runs[n], (FIRST_STEP, LAST_STEP), f"{n} devices vs one")
+
+
 @pytest.mark.slow  # five training processes at once: about 2 minutes of both CPU cores
 def test_every_split_of_the_batch_trains_like_one_device(tmp_path):
   """1, 2 and 4 devices in one process, and 2 processes of 2 devices over loopback."""

@@ -16,12 +16,21 @@ import numpy as np
 import pytest
 
 from bdbounds.experiments import toy_sweep
+from bdbounds.experiments.sweep import figures, grid, runner, tables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def in_repository_root(monkeypatch):
+  """Config files are named relative to the repository root, as on the command line."""
+  monkeypatch.chdir(ROOT)
 
 
 def fake_result(dataset, lower, upper, seed, *, kl=0.3, entropy=2.8, reference_nll=4.2, error=None,
                 num_steps=100, seconds_per_step=0.004):
   """A result as a run would write it: KL and entropy make the NLL, the reference decides collapse."""
-  spec = toy_sweep.RunSpec(dataset, lower, upper, seed)
+  spec = grid.RunSpec(dataset, lower, upper, seed)
   report = None if error else {"nll": entropy + kl, "kl_data_model": kl, "test_entropy": entropy,
                                "nll_lower_bound": entropy + kl - 1.0, "sandwich_gap": 1.0,
                                "quadrature_converged": True, "log_z": 0.0}
@@ -75,7 +84,7 @@ def test_collapsed_means_no_better_than_the_gaussian_and_excludes_diverged():
 
 
 def test_summarize_run_reads_the_records_and_flags_non_finite_evaluations():
-  spec = toy_sweep.RunSpec("rings", "jacobian", "latent_fisher", 2)
+  spec = grid.RunSpec("rings", "jacobian", "latent_fisher", 2)
   records = [{"step": 5, "train/energy_gap": 0.5, "train/seconds_per_step": 2.0},  # compilation
              {"step": 10, "train/energy_gap": 0.1, "train/seconds_per_step": 0.003},
              {"step": 10, "train/energy_gap": 0.2, "train/seconds_per_step": 0.005},  # a resumed duplicate
@@ -96,10 +105,10 @@ def test_summarize_run_reads_the_records_and_flags_non_finite_evaluations():
 
 
 def test_run_overrides_and_config():
-  spec = toy_sweep.RunSpec("moons", "mutual_info", "r1", 1)
-  o = toy_sweep.run_overrides(spec, 2000, {"log.every_steps": 7})
+  spec = grid.RunSpec("moons", "mutual_info", "r1", 1)
+  o = grid.run_overrides(spec, 2000, {"log.every_steps": 7})
   assert o["log.every_steps"] == 7 and o["eval.every_steps"] == o["checkpoint.every_steps"] == 2000
-  assert toy_sweep.run_overrides(spec, 2000)["log.every_steps"] == 2000 // toy_sweep.CURVE_POINTS
+  assert grid.run_overrides(spec, 2000)["log.every_steps"] == 2000 // grid.CURVE_POINTS
   config = toy_sweep.create_config(spec, 300, {"bounds.upper_weight": 0.5})
   assert (config.seed, config.data.name) == (1, "moons")
   assert (config.bounds.lower, config.bounds.upper) == ("mutual_info", "r1")
@@ -119,7 +128,7 @@ def test_command_line_parsing():
   assert args.overrides == {"training.batch_size": 100, "bounds.mi_estimator": "nwj"}
   full = toy_sweep.parse_args(["--workdir=w"])
   assert full.seeds == 3 and len(full.datasets) == 9 and full.num_steps == 30_000
-  assert len(toy_sweep.create_runs(full.datasets, full.pairs, full.seeds)) == 405
+  assert len(grid.create_runs(full.datasets, full.pairs, full.seeds)) == 405
   for bad in (["--pairs=jacobian:gp"], ["--datasets=ringz"], ["--set=seed=3"], ["--set=nokey"], ["--seeds=0"]):
     with pytest.raises(SystemExit):
       toy_sweep.parse_args(["--workdir=w", *bad])
@@ -127,17 +136,17 @@ def test_command_line_parsing():
 
 def test_workers_are_pinned_one_per_core_only_when_they_fill_the_cores(monkeypatch):
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 0, 2, 1}, raising=False)
-  assert toy_sweep.worker_cores(4) == [0, 1, 2, 3] == toy_sweep.worker_cores(6)
-  assert toy_sweep.worker_cores(3) == []  # fewer workers than cores: their second threads use the spare
+  assert runner.worker_cores(4) == [0, 1, 2, 3] == runner.worker_cores(6)
+  assert runner.worker_cores(3) == []  # fewer workers than cores: their second threads use the spare
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5}, raising=False)
-  assert toy_sweep.worker_cores(2) == []  # one core: nothing to choose
+  assert runner.worker_cores(2) == []  # one core: nothing to choose
 
 
 @pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda pid: ())(0)) < 2, reason="needs 2 cores (Linux)")
 def test_pinned_workers_run_on_one_core_each():
-  cores = toy_sweep.worker_cores(2 * os.cpu_count())
+  cores = runner.worker_cores(2 * os.cpu_count())
   context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=toy_sweep._init_worker,
+  with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=runner.init_worker,
                                               initargs=({}, None, cores, context.Value("i", 0))) as pool:
     affinities = list(pool.map(os.sched_getaffinity, [0, 0, 0, 0]))
   assert all(len(a) == 1 and a <= set(cores) for a in affinities)
@@ -153,21 +162,21 @@ def test_a_run_that_raises_is_recorded_as_diverged_and_a_stopped_one_is_not(tmp_
     raise train.NonFiniteError("non-finite loss or gradient at energy/penalty, step 7")
 
   monkeypatch.setattr(train, "train_and_evaluate", fails_at_step_7)
-  spec = toy_sweep.RunSpec("moons", "jacobian", "r1", 0)
+  spec = grid.RunSpec("moons", "jacobian", "r1", 0)
   result = toy_sweep.run_one(spec, str(tmp_path), 10)
   assert (result["status"], result["last_step"]) == ("diverged", 7)
   assert result["error"] == "NonFiniteError: non-finite loss or gradient at energy/penalty, step 7"
-  on_disk = json.loads(open(os.path.join(spec.run_dir(str(tmp_path)), toy_sweep.RESULT_FILE)).read())
+  on_disk = json.loads(open(os.path.join(spec.run_dir(str(tmp_path)), runner.RESULT_FILE)).read())
   assert on_disk["status"] == "diverged" and on_disk["energy_gap_curve"]["step"] == [5, 7]
 
   def stopped(config, workdir):
     raise train.Preempted("stopped by SIGTERM")
 
   monkeypatch.setattr(train, "train_and_evaluate", stopped)
-  other = toy_sweep.RunSpec("moons", "jacobian", "r1", 1)
+  other = grid.RunSpec("moons", "jacobian", "r1", 1)
   with pytest.raises(train.Preempted):  # resumed from its checkpoint next time, not recorded
     toy_sweep.run_one(other, str(tmp_path), 10)
-  assert not os.path.exists(os.path.join(other.run_dir(str(tmp_path)), toy_sweep.RESULT_FILE))
+  assert not os.path.exists(os.path.join(other.run_dir(str(tmp_path)), runner.RESULT_FILE))
 
   if hasattr(train, "ConfigError"):  # a config the trainer refuses would fail every run alike: not a result
     def refuses(config, workdir):
@@ -180,16 +189,16 @@ def test_a_run_that_raises_is_recorded_as_diverged_and_a_stopped_one_is_not(tmp_
 
 def test_sweep_settings_are_fixed_once_a_run_has_a_result(tmp_path):
   workdir = str(tmp_path)
-  toy_sweep.check_sweep_settings(workdir, {"num_steps": 10, "overrides": {"model.energy_hidden": (0,)}})
+  runner.check_sweep_settings(workdir, {"num_steps": 10, "overrides": {"model.energy_hidden": (0,)}})
   settings = {"num_steps": 20, "overrides": {"model.energy_hidden": (8, 8)}}
-  toy_sweep.check_sweep_settings(workdir, settings)  # no results yet: a corrected command is welcome
-  toy_sweep.check_sweep_settings(workdir, settings)
-  run_dir = toy_sweep.RunSpec("moons", "jacobian", "r1", 0).run_dir(workdir)
+  runner.check_sweep_settings(workdir, settings)  # no results yet: a corrected command is welcome
+  runner.check_sweep_settings(workdir, settings)
+  run_dir = grid.RunSpec("moons", "jacobian", "r1", 0).run_dir(workdir)
   os.makedirs(run_dir)
-  open(os.path.join(run_dir, toy_sweep.RESULT_FILE), "w").write("{}")
-  toy_sweep.check_sweep_settings(workdir, settings)
+  open(os.path.join(run_dir, runner.RESULT_FILE), "w").write("{}")
+  runner.check_sweep_settings(workdir, settings)
   with pytest.raises(SystemExit, match="other settings"):
-    toy_sweep.check_sweep_settings(workdir, {**settings, "num_steps": 30})
+    runner.check_sweep_settings(workdir, {**settings, "num_steps": 30})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,18 +241,18 @@ def test_markdown_and_csv_on_synthetic_results():
 def test_figures_from_synthetic_results(tmp_path):
   results = synthetic_results()
   # A density grid for one run; the others show as missing or diverged panels.
-  run_dir = toy_sweep.RunSpec("8gaussians", "jacobian", "none", 0).run_dir(str(tmp_path))
+  run_dir = grid.RunSpec("8gaussians", "jacobian", "none", 0).run_dir(str(tmp_path))
   os.makedirs(run_dir)
   xs = ys = np.linspace(-3, 3, 16)
   logp = -0.5 * (xs[None] ** 2 + ys[:, None] ** 2)
   np.savez(os.path.join(run_dir, toy_sweep.DENSITY_FILE), xs=xs, ys=ys, model_log_density=logp,
            data_log_density=logp)
   toy_sweep.plot_densities(results, str(tmp_path), str(tmp_path / "d.png"))
-  toy_sweep.plot_energy_gap(results, str(tmp_path / "g.png"))
+  figures.plot_energy_gap(results, str(tmp_path / "g.png"))
   assert (tmp_path / "d.png").stat().st_size > 1000 and (tmp_path / "g.png").stat().st_size > 1000
-  steps, gap = toy_sweep.mean_curves(results)[("8gaussians", "jacobian", "none")]
+  steps, gap = figures.mean_curves(results)[("8gaussians", "jacobian", "none")]
   assert steps[-1] == 100 and gap[-1] == pytest.approx(0.05 - 1.0)  # mean of seeds 0 and 1
-  assert steps.tolist() == toy_sweep.mean_curves(results)[("8gaussians", "jacobian", "r1")][0].tolist()
+  assert steps.tolist() == figures.mean_curves(results)[("8gaussians", "jacobian", "r1")][0].tolist()
 
 
 # ---------------------------------------------------------------------------------------------

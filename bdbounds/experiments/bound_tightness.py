@@ -13,7 +13,7 @@ and nothing in the run directories is written.
 
 Entropy lower bound H_lb(q) of the run's generator, against the exact entropy of the same generator
   lower = jacobian, jacobian_exact (manifold generator x = G(z), d = D = 2). Exact reference:
-      H(z) + E_z[½ log det JᵀJ]  (`objectives.entropy_lower_bound` with lower="jacobian_exact",
+      H(z) + E_z[½ log det JᵀJ]  (the objectives' `entropy_bound` with lower="jacobian_exact",
   on the same latents as the bound, so the gap of each batch is paired). `jacobian` with
   jacobian_method="dense" is NOT exact: "dense" only names the eigensolver, the value is still
   the singular-value bound Σ_{i<k} log s_(i) + (d − k + 1) log s_(k) (k = 1: d·log s_min), whose gap
@@ -26,19 +26,19 @@ Entropy lower bound H_lb(q) of the run's generator, against the exact entropy of
   not injective, and the reference then OVER-states H(q) (−log q(G(z)) ≤ −log φ(z) + log|det J|).
   For jacobian_exact runs the gap is 0 by construction: what remains is its noise and cost.
   lower = mutual_info (noisy generator x = G(z) + σε). Exact reference: the entropy of
-  q(x) = E_z N(x; G(z), σ²I) by quadrature (`noisy_generator_entropy`): q on a grid of cells
-  σ/2 wide over the means' box ± 6σ, as the mean of the Gaussian kernels of
-  `num_quadrature_samples` means G(z), H = −Σ q log q · cell area. Its error estimate is the
-  change at half the resolution plus the change with half of the means; the second matters:
-  entropy is concave, so the entropy of the kernel mixture of finitely many means is biased LOW
-  (E H(q̂_N) ≤ H(E q̂_N) = H(q)), most for σ small against the means' spacing.
+  q(x) = E_z N(x; G(z), σ²I) by quadrature (`metrics.noisy_generator_entropy`): q on a grid of
+  cells σ/2 wide over the means' box ± 6σ, as the mean of the Gaussian kernels of
+  `num_quadrature_samples` means G(z). Its error estimate is the change at half the resolution
+  plus the change with half of the means; the second matters: entropy is concave, so the
+  entropy of the kernel mixture of finitely many means is biased LOW, most for σ small against
+  the means' spacing.
   With `--critic_steps N` the run's critic is also trained N more steps on the frozen generator
   (plain Adam at the run's critic learning rate, fresh latents each step, the run's estimator)
   and the bound measured again on the same batches: the gap that is left belongs to the
   estimator and the critic's architecture, the rest of the first gap to the training critic.
 
-KL upper bound: the run's θ-dependent penalty term `objectives.upper_penalty` (unweighted), per
-batch; its mean and batch-to-batch std are its value and noise. With upper = diffusion, also the
+KL upper bound: the run's θ-dependent penalty term (the objectives' `upper_penalty`, unweighted)
+per batch; its mean and batch-to-batch std are its value and noise. With upper = diffusion, also the
 diffusion bound on the test NLL against the exact NLL, from the run's last `eval/<step>.json`
 (computed as the evaluation does, on its test set and key, where an older report lacks it).
 The diffusion bound bounds the NLL of the diffusion model the time-conditioned energy defines,
@@ -68,17 +68,16 @@ import math
 import os
 import time
 import traceback
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bdbounds import evaluate, objectives
+from bdbounds import evaluators, experiment, metrics, objectives
 from bdbounds.data import TOY_DATASETS
-from bdbounds.experiments import csv_text, toy_sweep
-
+from bdbounds.experiments.sweep import runner, tables
 
 CSV_COLUMNS = (
     "dataset", "lower", "upper", "seed", "step", "status",
@@ -93,100 +92,6 @@ CSV_COLUMNS = (
 
 
 # ---------------------------------------------------------------------------------------------
-# The maths (pure, on arrays)
-
-
-class GridEntropy(NamedTuple):
-  """Result of `noisy_generator_entropy`, nats."""
-  entropy: float
-  quadrature_error: float   # |H − H on the grid of half the resolution|
-  sampling_error: float     # |H − H from the first half of the means| (nan when weights are given)
-  mass: float               # Σ q · cell area: 1 up to quadrature and box truncation
-  resolution: tuple         # cells along x and y
-  cell: float               # side of a (square) cell
-  lo: tuple
-  hi: tuple
-
-
-def _grid_entropy(q: np.ndarray, area: float) -> float:
-  positive = q > 0  # 0 log 0 = 0: cells the kernels never reach
-  return -float(np.sum(q[positive] * np.log(q[positive]))) * area
-
-
-def noisy_generator_entropy(sample_means, sigma, *, weights=None, cells_per_sigma: float = 2.0,
-                            margin: float = 6.0, max_resolution: int = 2048,
-                            chunk_size: int = 1024) -> GridEntropy:
-  """Entropy of the 2-D Gaussian mixture `q(x) = Σ_n w_n N(x; m_n, σ² I)` by grid quadrature.
-
-  With `m_n = G(z_n)`, `z_n ~ N(0, I)` (uniform weights) this is the law of the noisy generator
-  `x = G(z) + σ ε` up to sampling; with quadrature nodes and weights in z it is deterministic.
-  The mixture is evaluated at the centres of square cells `σ / cells_per_sigma` wide (wider if the
-  box needs more than `max_resolution` per side) over the means' bounding box ± `margin`·σ, where
-  the kernels are separable: `q = K_yᵀ diag(w) K_x`, one matrix product per chunk of means. Then
-  `H = −Σ q log q · cell²`. The midpoint rule on a smooth density that vanishes at the box edge
-  converges like exp(−2π²σ²/h²), so cells of σ/2 leave nothing measurable.
-
-  Error estimates: `quadrature_error` compares with the rule on every other node (spacing 2h: a
-  lattice rule on R² just as valid, since q is ~0 at the box edge); `sampling_error` with the
-  mixture of the first half of the means, ≈ the O(1/N) bias of the plug-in: H(q̂_N) is biased low
-  (entropy is concave), by more when σ is small against the spacing of the means.
-  """
-  means = np.asarray(sample_means, np.float64)
-  if means.ndim != 2 or means.shape[1] != 2 or len(means) == 0:
-    raise ValueError(f"sample_means must have shape [N, 2] with N ≥ 1; got {means.shape}")
-  sigma = float(sigma)
-  if not (sigma > 0 and math.isfinite(sigma)):
-    raise ValueError(f"sigma must be positive and finite; got {sigma}")
-  if not np.all(np.isfinite(means)):
-    raise ValueError("sample_means holds non-finite values")
-  n = len(means)
-  if weights is None:
-    w = np.full(n, 1.0 / n)
-  else:
-    w = np.asarray(weights, np.float64)
-    if w.shape != (n,) or np.any(w < 0) or not w.sum() > 0:
-      raise ValueError(f"weights must be [N] = [{n}] non-negative numbers with a positive sum")
-    w = w / w.sum()
-
-  lo, hi = means.min(0) - margin * sigma, means.max(0) + margin * sigma
-  cell = max(sigma / cells_per_sigma, float(np.max(hi - lo)) / max_resolution)
-  resolution = np.ceil((hi - lo) / cell).astype(int)
-  centre = 0.5 * (lo + hi)
-  lo, hi = centre - 0.5 * resolution * cell, centre + 0.5 * resolution * cell
-  xs = lo[0] + cell * (np.arange(resolution[0]) + 0.5)
-  ys = lo[1] + cell * (np.arange(resolution[1]) + 0.5)
-
-  def accumulate(start, stop):
-    q = np.zeros((resolution[1], resolution[0]))
-    for a in range(start, stop, chunk_size):
-      m, wc = means[a:min(a + chunk_size, stop)], w[a:min(a + chunk_size, stop)]
-      kx = np.exp(-0.5 * np.square((xs[None, :] - m[:, :1]) / sigma))
-      ky = np.exp(-0.5 * np.square((ys[None, :] - m[:, 1:]) / sigma)) * wc[:, None]
-      q += ky.T @ kx
-    return q / (2.0 * math.pi * sigma**2)
-
-  half = n // 2
-  first = accumulate(0, half)
-  q = first + accumulate(half, n)
-  area = cell**2
-  entropy = _grid_entropy(q, area)
-  quadrature_error = abs(entropy - _grid_entropy(q[::2, ::2], 4.0 * area))
-  if weights is None and half > 0:
-    sampling_error = abs(entropy - _grid_entropy(first / w[:half].sum(), area))
-  else:
-    sampling_error = math.nan
-  return GridEntropy(entropy=entropy, quadrature_error=float(quadrature_error), sampling_error=float(sampling_error),
-                     mass=float(q.sum() * area), resolution=tuple(int(r) for r in resolution), cell=float(cell),
-                     lo=tuple(float(v) for v in lo), hi=tuple(float(v) for v in hi))
-
-
-def mean_std(values) -> tuple[float, float]:
-  """Mean and sample standard deviation (ddof 1; 0 for a single value), in float64."""
-  v = np.asarray(values, np.float64)
-  return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else 0.0)
-
-
-# ---------------------------------------------------------------------------------------------
 # Measuring one trained model
 
 
@@ -195,42 +100,43 @@ def _batch_keys(key, b: int) -> dict:
   return dict(zip(("z", "bound", "data", "fake", "penalty"), jax.random.split(jax.random.fold_in(key, b), 5)))
 
 
-def _timed(fn, *args):
-  start = time.perf_counter()
-  out = jax.block_until_ready(fn(*args))
-  return out, time.perf_counter() - start
-
-
 def _warm_then_time(fn, batches):
   """`fn(*args)` for every batch, after one warm-up call (compilation) on the first:
   `(values [num_batches], seconds [num_batches])`."""
   jax.block_until_ready(fn(*batches[0]))
   values, seconds = [], []
   for args in batches:
-    value, s = _timed(fn, *args)
-    values.append(np.asarray(value, np.float64))
-    seconds.append(s)
+    start = time.perf_counter()
+    values.append(np.asarray(jax.block_until_ready(fn(*args)), np.float64))
+    seconds.append(time.perf_counter() - start)
   return np.asarray(values), np.asarray(seconds)
 
 
-def make_entropy_fns(settings: objectives.BoundSettings, nets: objectives.Networks) -> dict:
-  """Jitted `(gen_params, critic_params, z, key) -> scalar`: the run's `bound` and, for the
-  manifold generator, the `exact` ½ log det JᵀJ value; and `det_sign` `(gen_params, z [B, d]) -> [B]`."""
-  entropy = lambda s: jax.jit(lambda g, c, z, k: objectives.entropy_lower_bound(s, nets, g, c, z, k)[0])
-  fns = {"bound": entropy(settings)}
-  if not settings.noisy_generator:
-    fns["exact"] = entropy(dataclasses.replace(settings, lower="jacobian_exact"))
+def _mean_std(values) -> tuple:
+  """Mean and sample std over batches (std None for one batch)."""
+  return tuple(tables.mean_std(values)[:2])
+
+
+def make_entropy_fns(game: objectives.Objectives) -> dict:
+  """Jitted `(gen_params, critic_params, z, key) -> scalar`: the game's entropy `bound` and, for
+  the manifold generator, the `exact` ½ log det JᵀJ value; and `det_sign` `(gen_params, z [B, d]) -> [B]`."""
+  value_of = lambda g: jax.jit(lambda gp, cp, z, k: g.entropy_bound(gp, cp, z, k).value)
+  fns = {"bound": value_of(game)}
+  if not game.settings.noisy_generator:
+    generator = game.nets.generator
+    fns["exact"] = value_of(objectives.make_objectives(
+        dataclasses.replace(game.settings, lower="jacobian_exact"), game.nets))
     fns["det_sign"] = jax.jit(jax.vmap(
-        lambda g, z: jnp.sign(jnp.linalg.det(jax.jacfwd(lambda z: jnp.ravel(nets.generator(g, z)))(z))),
+        lambda g, z: jnp.sign(jnp.linalg.det(jax.jacfwd(lambda z: jnp.ravel(generator(g, z)))(z))),
         in_axes=(None, 0)))
   return fns
 
 
-def make_critic_trainer(settings: objectives.BoundSettings, nets: objectives.Networks, *, latent_dim: int,
-                        num_steps: int, batch_size: int, learning_rate: float = 3e-4):
+def make_critic_trainer(game: objectives.Objectives, *, latent_dim: int, num_steps: int, batch_size: int,
+                        learning_rate: float = 3e-4):
   """Jitted `(critic_params, gen_params, key) -> critic_params`: the critic after `num_steps` more
   Adam steps on the frozen generator, each on fresh latents and noise with the run's own loss
-  (`objectives.critic_loss`). Its bound is close to the best its architecture and estimator
+  (the game's `critic_loss`). Its bound is close to the best its architecture and estimator
   reach on this generator, so the gap left to the exact entropy is the estimator's and the
   family's, and the difference from the run's critic is the training's shortfall. Parameters
   are arguments, so runs that share a pairing and model compile it once."""
@@ -241,7 +147,7 @@ def make_critic_trainer(settings: objectives.BoundSettings, nets: objectives.Net
       params, opt_state = carry
       z_key, loss_key = jax.random.split(k)
       z = jax.random.normal(z_key, (batch_size, latent_dim))
-      grads = jax.grad(lambda c: objectives.critic_loss(settings, nets, c, gen_params, z, loss_key)[0])(params)
+      grads = jax.grad(lambda c: game.critic_loss(c, gen_params, z, loss_key)[0])(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), None
 
@@ -251,43 +157,45 @@ def make_critic_trainer(settings: objectives.BoundSettings, nets: objectives.Net
   return jax.jit(train)
 
 
-def train_critic(settings: objectives.BoundSettings, nets: objectives.Networks, critic_params, gen_params, *,
-                 latent_dim: int, key, num_steps: int, batch_size: int, learning_rate: float = 3e-4):
+def train_critic(game: objectives.Objectives, critic_params, gen_params, *, latent_dim: int, key, num_steps: int,
+                 batch_size: int, learning_rate: float = 3e-4):
   """`make_critic_trainer`'s critic, trained once."""
-  trainer = make_critic_trainer(settings, nets, latent_dim=latent_dim, num_steps=num_steps,
-                                batch_size=batch_size, learning_rate=learning_rate)
+  trainer = make_critic_trainer(game, latent_dim=latent_dim, num_steps=num_steps, batch_size=batch_size,
+                                learning_rate=learning_rate)
   return trainer(critic_params, gen_params, key)
 
 
-def measure_entropy(settings: objectives.BoundSettings, nets: objectives.Networks, gen_params, critic_params, *,
-                    latent_dim: int, key, num_batches: int, batch_size: int, num_quadrature_samples: int = 20_000,
+def measure_entropy(game: objectives.Objectives, gen_params, critic_params, *, latent_dim: int, key,
+                    num_batches: int, batch_size: int, num_quadrature_samples: int = 20_000,
                     fns: Mapping | None = None, long_critic_params=None, **quadrature) -> dict:
   """The entropy lower bound of one generator over independent batches, against its exact value.
 
   Manifold generator: the exact `½ log det JᵀJ` value on the same latents (paired gaps) and the
   share of latents on the minority side of a sign change of det J (`fold_fraction`; square J only).
-  Noisy generator: `noisy_generator_entropy` of `num_quadrature_samples` means G(z) (keyword
-  arguments `quadrature` go to it), and with `long_critic_params` (from `train_critic`) the bound
-  on the same batches with that critic too. Times are per evaluation on one batch, after compilation.
+  Noisy generator: `metrics.noisy_generator_entropy` of `num_quadrature_samples` means G(z)
+  (keyword arguments `quadrature` go to it), and with `long_critic_params` (from `train_critic`)
+  the bound on the same batches with that critic too. Times are per evaluation on one batch,
+  after compilation.
   """
   if num_batches < 1 or batch_size < 2:
     raise ValueError("need num_batches ≥ 1 and batch_size ≥ 2 (the MI bounds pair examples within a batch)")
-  fns = make_entropy_fns(settings, nets) if fns is None else fns
+  fns = make_entropy_fns(game) if fns is None else fns
+  nets = game.nets
   batches = []
   for b in range(num_batches):
     k = _batch_keys(key, b)
     batches.append((gen_params, critic_params, jax.random.normal(k["z"], (batch_size, latent_dim)), k["bound"]))
   bound, seconds = _warm_then_time(fns["bound"], batches)
   out = {"num_batches": num_batches, "batch_size": batch_size, "ms_entropy_bound": 1e3 * float(np.median(seconds))}
-  out["entropy_bound"], out["entropy_bound_std"] = mean_std(bound)
+  out["entropy_bound"], out["entropy_bound_std"] = _mean_std(bound)
 
-  if settings.noisy_generator:
+  if game.settings.noisy_generator:
     start = time.perf_counter()
     # fold_in(key, num_batches): a key no batch uses.
     z = jax.random.normal(jax.random.fold_in(key, num_batches), (num_quadrature_samples, latent_dim))
     means = np.asarray(jax.jit(jax.vmap(nets.generator, in_axes=(None, 0)))(gen_params, z))
     sigma = float(nets.sigma(gen_params))
-    grid = noisy_generator_entropy(means.reshape(len(means), -1), sigma, **quadrature)
+    grid = metrics.noisy_generator_entropy(means.reshape(len(means), -1), sigma, **quadrature)
     cells = f"{grid.resolution[0]}x{grid.resolution[1]}"
     out.update(exact_entropy=grid.entropy, exact_entropy_error=grid.quadrature_error + grid.sampling_error,
                exact_method=f"quadrature ({num_quadrature_samples} means, {cells} cells)", sigma=sigma,
@@ -297,40 +205,35 @@ def measure_entropy(settings: objectives.BoundSettings, nets: objectives.Network
     gaps = grid.entropy - bound
     if long_critic_params is not None:
       long_bound, _ = _warm_then_time(fns["bound"], [(g, long_critic_params, *rest) for g, _, *rest in batches])
-      out["entropy_bound_long_critic"], _ = mean_std(long_bound)
-      out["entropy_gap_long_critic"], out["entropy_gap_long_critic_std"] = mean_std(grid.entropy - long_bound)
+      out["entropy_bound_long_critic"] = _mean_std(long_bound)[0]
+      out["entropy_gap_long_critic"], out["entropy_gap_long_critic_std"] = _mean_std(grid.entropy - long_bound)
   else:
     exact, exact_seconds = _warm_then_time(fns["exact"], batches)
     gaps = exact - bound
-    out["exact_entropy"], exact_std = mean_std(exact)
-    out.update(exact_entropy_error=exact_std / math.sqrt(num_batches),
+    out["exact_entropy"], exact_std = _mean_std(exact)
+    out.update(exact_entropy_error=exact_std / math.sqrt(num_batches) if exact_std is not None else None,
                exact_method=f"jacobian_exact ({num_batches}×{batch_size} latents)",
                ms_exact_entropy=1e3 * float(np.median(exact_seconds)))
     if jax.eval_shape(nets.generator, gen_params, batches[0][2][0]).size == latent_dim:  # square J: signed det
       signs = np.concatenate([np.asarray(fns["det_sign"](gen_params, args[2])) for args in batches])
       out["fold_fraction"] = float(min(np.mean(signs > 0), np.mean(signs < 0)))
-  out["entropy_gap"], out["entropy_gap_std"] = mean_std(gaps)
+  out["entropy_gap"], out["entropy_gap_std"] = _mean_std(gaps)
   return out
 
 
-def make_penalty_fns(settings: objectives.BoundSettings, nets: objectives.Networks, dataset,
-                     batch_size: int) -> dict:
-  """Jitted `penalty` (as `objectives.upper_penalty`), `fake` (generator samples) and `data` samplers."""
-  return {
-      "penalty": jax.jit(lambda e, g, x, f, z, k: objectives.upper_penalty(settings, nets, e, g, x, f, z, k)),
-      "fake": jax.jit(lambda g, z, k: objectives.sample_fake(settings, nets, g, z, k)),
-      "data": jax.jit(lambda k: dataset.sample(k, batch_size)),
-  }
+def make_penalty_fns(game: objectives.Objectives, dataset, batch_size: int) -> dict:
+  """Jitted `penalty` (the game's `upper_penalty`), `fake` (generator samples) and `data` samplers."""
+  return {"penalty": jax.jit(game.upper_penalty), "fake": jax.jit(game.sample_fake),
+          "data": jax.jit(lambda k: dataset.sample(k, batch_size))}
 
 
-def measure_upper(settings: objectives.BoundSettings, nets: objectives.Networks, energy_params, gen_params, *,
-                  dataset, latent_dim: int, key, num_batches: int, batch_size: int, step: int = 0,
-                  fns: Mapping | None = None) -> dict:
+def measure_upper(game: objectives.Objectives, energy_params, gen_params, *, dataset, latent_dim: int, key,
+                  num_batches: int, batch_size: int, step: int = 0, fns: Mapping | None = None) -> dict:
   """The unweighted upper-bound penalty over independent batches (data, latents, fakes, keys),
   as the energy's loss computes it, with the weight λ_step it carries in training; {} for none."""
-  if settings.upper == "none":
+  if game.settings.upper == "none":
     return {}
-  fns = make_penalty_fns(settings, nets, dataset, batch_size) if fns is None else fns
+  fns = make_penalty_fns(game, dataset, batch_size) if fns is None else fns
   batches = []
   for b in range(num_batches):
     k = _batch_keys(key, b)
@@ -338,9 +241,8 @@ def measure_upper(settings: objectives.BoundSettings, nets: objectives.Networks,
     batches.append((energy_params, gen_params, fns["data"](k["data"]), fns["fake"](gen_params, z, k["fake"]), z,
                     k["penalty"]))
   values, seconds = _warm_then_time(fns["penalty"], batches)
-  out = {"ms_upper_penalty": 1e3 * float(np.median(seconds)),
-         "upper_weight": float(objectives.upper_weight(settings, step))}
-  out["upper_penalty_mean"], out["upper_penalty_std"] = mean_std(values)
+  out = {"ms_upper_penalty": 1e3 * float(np.median(seconds)), "upper_weight": float(game.upper_weight(step))}
+  out["upper_penalty_mean"], out["upper_penalty_std"] = _mean_std(values)
   return out
 
 
@@ -355,18 +257,16 @@ def last_eval_report(run_dir: str) -> dict:
     return json.load(f)
 
 
-def diffusion_comparison(config, exp, state, report: Mapping) -> dict:
+def diffusion_comparison(exp: experiment.Experiment, state, report: Mapping) -> dict:
   """Diffusion NLL bound vs the exact NLL of the final evaluation; the bound is recomputed as the
-  evaluation computes it (same test set and key) when the report predates it."""
+  evaluation computes it (its test set and key, `evaluators.create_inputs`) when the report predates it."""
   out = {"nll": report.get("nll")}
   if "diffusion_nll_bound" in report:
     out.update(diffusion_nll_bound=report["diffusion_nll_bound"], diffusion_source="eval report")
   else:
-    from bdbounds import train  # train imports evaluate; only the run's keys are needed here
-    key = jax.random.fold_in(train.create_keys(config.seed)["eval"], int(state.step))
-    test_key, _, bound_key = jax.random.split(key, 3)
-    test = np.asarray(exp.dataset.sample(test_key, config.data.num_test))
-    terms = evaluate._diffusion_nll(config, exp, state, test, key=bound_key)
+    key = jax.random.fold_in(exp.keys["eval"], int(state.step))  # the key of the step's evaluation
+    inputs = evaluators.create_inputs(exp, evaluators.make_shared(exp), state, key)
+    terms = evaluators.make_diffusion_nll(exp)(state.energy.params, inputs.test, key=inputs.keys["diffusion"])
     out.update(diffusion_nll_bound=terms["diffusion_nll_bound"], diffusion_source="computed")
   if out["nll"] is not None:
     out["diffusion_minus_nll"] = out["diffusion_nll_bound"] - out["nll"]
@@ -381,161 +281,106 @@ def measure_run(run_dir: str, *, key, num_batches: int = 20, batch_size: int = 2
   `cache` maps a pairing and model config to its jitted functions, which take parameters as
   arguments: runs that share them (other seeds) compile nothing.
   """
-  config = evaluate.load_config(run_dir)
-  exp, state = evaluate._restore_state(config, run_dir, None)
-  settings, nets = exp.settings, exp.nets
+  config = experiment.load_config(run_dir)
+  exp, state = experiment.restore(run_dir, config=config)
+  settings, game = exp.settings, exp.game
   step = int(state.step)
   critic_params = state.critic.params if state.critic is not None else None
   cache = {} if cache is None else cache
-  fn_key = (settings, json.dumps(config.model.to_dict(), sort_keys=True, default=str), config.data.name, batch_size)
+  fn_key = (settings, json.dumps(config.model.to_dict(), sort_keys=True, default=str), exp.name, batch_size)
   if fn_key not in cache:
-    cache[fn_key] = (make_entropy_fns(settings, nets), make_penalty_fns(settings, nets, exp.dataset, batch_size))
+    cache[fn_key] = (make_entropy_fns(game), make_penalty_fns(game, exp.dataset, batch_size))
   entropy_fns, penalty_fns = cache[fn_key]
-  row = {"lower": settings.lower, "upper": settings.upper, "seed": int(config.seed), "dataset": config.data.name,
-         "step": step, "run_dir": run_dir}
+  row = {"lower": settings.lower, "upper": settings.upper, "seed": exp.seed, "dataset": exp.name, "step": step,
+         "run_dir": run_dir}
   long_critic_params = None
   if critic_steps > 0 and settings.uses_critic:
-    trainer_key = (fn_key, critic_steps, config.training.critic_lr)
+    trainer_key = (fn_key, critic_steps, exp.train.critic_lr)
     if trainer_key not in cache:
-      cache[trainer_key] = make_critic_trainer(settings, nets, latent_dim=exp.latent_dim, num_steps=critic_steps,
-                                               batch_size=batch_size, learning_rate=config.training.critic_lr)
+      cache[trainer_key] = make_critic_trainer(game, latent_dim=exp.latent_dim, num_steps=critic_steps,
+                                               batch_size=batch_size, learning_rate=exp.train.critic_lr)
     # fold_in(key, num_batches + 1): a key that no batch and not the quadrature uses.
     long_critic_params = cache[trainer_key](critic_params, state.generator.params,
                                             jax.random.fold_in(key, num_batches + 1))
     row["critic_steps"] = critic_steps
-  row.update(measure_entropy(settings, nets, state.generator.params, critic_params, latent_dim=exp.latent_dim,
-                             key=key, num_batches=num_batches, batch_size=batch_size,
+  row.update(measure_entropy(game, state.generator.params, critic_params, latent_dim=exp.latent_dim, key=key,
+                             num_batches=num_batches, batch_size=batch_size,
                              num_quadrature_samples=num_quadrature_samples, fns=entropy_fns,
                              long_critic_params=long_critic_params))
-  row.update(measure_upper(settings, nets, state.energy.params, state.generator.params, dataset=exp.dataset,
+  row.update(measure_upper(game, state.energy.params, state.generator.params, dataset=exp.dataset,
                            latent_dim=exp.latent_dim, key=key, num_batches=num_batches, batch_size=batch_size,
                            step=step, fns=penalty_fns))
   if settings.time_conditioned_energy:
-    row.update(diffusion_comparison(config, exp, state, last_eval_report(run_dir)))
+    row.update(diffusion_comparison(exp, state, last_eval_report(run_dir)))
   return row
 
 
 # ---------------------------------------------------------------------------------------------
-# The sweep's runs
-
-
-def _has_checkpoint(run_dir: str) -> bool:
-  checkpoints = os.path.join(run_dir, "checkpoints")
-  return os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))
-
-
-def _sort_key(r: Mapping):
-  rank = lambda seq, x: seq.index(x) if x in seq else len(seq)
-  return (rank(TOY_DATASETS, r["dataset"]), r["dataset"], rank(toy_sweep.PAIRINGS, (r["lower"], r["upper"])),
-          r["lower"], r["upper"], r["seed"])
-
-
-def find_runs(sweep: str, datasets: Sequence[str] | None = None, seed: int | None = None):
-  """`(runs, skipped)`: the finished run directories under `sweep` with their `result.json`
-  (filtered by data set and seed), and `(result, reason)` for those that cannot be measured."""
-  runs, skipped = [], []
-  for root, dirs, files in os.walk(sweep):
-    dirs.sort()
-    if toy_sweep.RESULT_FILE not in files:
-      continue
-    with open(os.path.join(root, toy_sweep.RESULT_FILE), encoding="utf-8") as f:
-      result = json.load(f)
-    result.setdefault("dataset", os.path.basename(os.path.dirname(os.path.dirname(root))))
-    pairing = os.path.basename(os.path.dirname(root))
-    result.setdefault("lower", pairing.partition("+")[0])
-    result.setdefault("upper", pairing.partition("+")[2])
-    if "seed" not in result:
-      name = os.path.basename(root)
-      result["seed"] = int(name[4:]) if name.startswith("seed") and name[4:].isdigit() else -1
-    if (datasets and result["dataset"] not in datasets) or (seed is not None and result["seed"] != seed):
-      continue
-    if result.get("diverged") or result.get("status") == "diverged":
-      skipped.append((result, "diverged: " + str(result.get("error") or "")))
-    elif not _has_checkpoint(root):
-      skipped.append((result, "no checkpoint"))
-    else:
-      runs.append((root, result))
-  runs.sort(key=lambda r: _sort_key(r[1]))
-  skipped.sort(key=lambda r: _sort_key(r[0]))
-  return runs, skipped
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
-def _finite(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _num(x, digits=3) -> str:
-  return f"{x:.{digits}f}" if _finite(x) else "—"
+# The report
 
 
 def _pm(mean, std, digits=3) -> str:
-  if not _finite(mean):
-    return "—"
-  return f"{mean:.{digits}f} ± {std:.{digits}g}" if _finite(std) else f"{mean:.{digits}f}"
+  return tables.format_mean_std(mean, std, digits, std_format=f".{digits}g")
 
 
 def markdown_row(r: Mapping) -> str:
   exact = _pm(r.get("exact_entropy"), r.get("exact_entropy_error"))
-  if _finite(r.get("fold_fraction")) and r["fold_fraction"] > 0:
+  if tables.is_finite(r.get("fold_fraction")) and r["fold_fraction"] > 0:
     exact += " †"
-  if _finite(r.get("diffusion_nll_bound")):
-    diffusion = f"{r['diffusion_nll_bound']:.3f} / {_num(r.get('nll'))}"
-    if _finite(r.get("diffusion_minus_nll")):
+  if tables.is_finite(r.get("diffusion_nll_bound")):
+    diffusion = f"{r['diffusion_nll_bound']:.3f} / {tables.format_number(r.get('nll'))}"
+    if tables.is_finite(r.get("diffusion_minus_nll")):
       diffusion += f" ({r['diffusion_minus_nll']:+.3f})"
   else:
     diffusion = "—"
-  cells = [r["dataset"], f"{r['lower']}+{r['upper']}", str(r["seed"]), _num(r.get("entropy_bound")), exact,
-           _pm(r.get("entropy_gap"), r.get("entropy_gap_std")),
+  cells = [r["dataset"], f"{r['lower']}+{r['upper']}", str(r["seed"]), tables.format_number(r.get("entropy_bound")),
+           exact, _pm(r.get("entropy_gap"), r.get("entropy_gap_std")),
            _pm(r.get("entropy_gap_long_critic"), r.get("entropy_gap_long_critic_std")),
-           _num(r.get("entropy_bound_std"), 4),
+           tables.format_number(r.get("entropy_bound_std"), 4),
            _pm(r.get("upper_penalty_mean"), r.get("upper_penalty_std"), 4), diffusion,
-           _num(r.get("ms_entropy_bound"), 2), _num(r.get("ms_upper_penalty"), 2)]
+           tables.format_number(r.get("ms_entropy_bound"), 2), tables.format_number(r.get("ms_upper_penalty"), 2)]
   return "| " + " | ".join(cells) + " |"
 
 
+HEADER = ("data set", "pairing", "seed", "H_lb", "exact H", "gap ± std", "gap, long-run critic", "H_lb batch std",
+          "upper penalty", "diffusion / NLL", "ms H_lb", "ms upper")
+NOTES = [
+    "- **H_lb**: the run's entropy lower bound, mean over batches. **exact H**: manifold generator "
+    "(jacobian*): H(z) + E[½ log det JᵀJ] on the same latents ± its standard error; noisy generator "
+    "(mutual_info): H of q = E_z N(G(z), σ²I) by grid quadrature ± (quadrature + sampling) error.",
+    "- **gap ± std**: exact − H_lb, mean ± std over batches (negative: not a bound there, e.g. an "
+    "unconverged Ritz value or DV's minibatch plug-in). **H_lb batch std**: the bound's own noise "
+    "between batches.",
+    "- **gap, long-run critic**: mutual_info runs with `--critic_steps` N: the gap on the same batches "
+    "after the run's critic trained N more steps on the frozen generator (what remains is the "
+    "estimator's and the critic family's; the difference from **gap** is the training critic's shortfall).",
+    "- **upper penalty**: the unweighted θ-dependent KL-bound term, mean ± std over batches (— for "
+    "none). **diffusion / NLL**: diffusion NLL bound / exact test NLL (difference) from the final "
+    "evaluation.",
+    "- **ms**: median wall time of one jitted evaluation on one batch, warm.",
+    "- †: det J changes sign over the latents (G folds, not injective): the manifold reference then "
+    "over-states the true entropy."]
+
+
 def results_markdown(rows: Sequence[Mapping], skipped: Sequence = (), *, sweep: str = "") -> str:
-  rows = sorted(rows, key=_sort_key)
+  rows = sorted(rows, key=tables.sort_key)
   lines = ["# Bound tightness, noise and cost on trained 2-D models", ""]
   if rows:
     nb, bs = rows[0]["num_batches"], rows[0]["batch_size"]
     lines += [f"{len(rows)} run(s){' of ' + sweep if sweep else ''}, each at its last checkpoint; "
               f"{nb} independent batches of {bs} (fresh latents, data and keys). Nats; ms on this machine.", ""]
-  lines += ["| data set | pairing | seed | H_lb | exact H | gap ± std | gap, long-run critic | H_lb batch std | "
-            "upper penalty | diffusion / NLL | ms H_lb | ms upper |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-  lines += [markdown_row(r) for r in rows]
-  if not rows:
-    lines.append("| *no finished runs* | | | | | | | | | | | |")
-  lines += ["",
-            "- **H_lb**: the run's entropy lower bound, mean over batches. **exact H**: manifold generator "
-            "(jacobian*): H(z) + E[½ log det JᵀJ] on the same latents ± its standard error; noisy generator "
-            "(mutual_info): H of q = E_z N(G(z), σ²I) by grid quadrature ± (quadrature + sampling) error.",
-            "- **gap ± std**: exact − H_lb, mean ± std over batches (negative: not a bound there, e.g. an "
-            "unconverged Ritz value or DV's minibatch plug-in). **H_lb batch std**: the bound's own noise "
-            "between batches.",
-            "- **gap, long-run critic**: mutual_info runs with `--critic_steps` N: the gap on the same batches "
-            "after the run's critic trained N more steps on the frozen generator (what remains is the "
-            "estimator's and the critic family's; the difference from **gap** is the training critic's shortfall).",
-            "- **upper penalty**: the unweighted θ-dependent KL-bound term, mean ± std over batches (— for "
-            "none). **diffusion / NLL**: diffusion NLL bound / exact test NLL (difference) from the final "
-            "evaluation.",
-            "- **ms**: median wall time of one jitted evaluation on one batch, warm.",
-            "- †: det J changes sign over the latents (G folds, not injective): the manifold reference then "
-            "over-states the true entropy."]
+  lines += tables.markdown_table(HEADER, [], "ll" + "r" * (len(HEADER) - 2))
+  lines += [markdown_row(r) for r in rows] or ["| *no finished runs* |" + " |" * (len(HEADER) - 1)]
+  lines += ["", *NOTES]
   if skipped:
-    lines += ["", "## Not measured", "", "| data set | pairing | seed | reason |", "|---|---|---:|---|"]
-    for result, reason in sorted(skipped, key=lambda s: _sort_key(s[0])):
-      reason = " ".join(str(reason).split())[:200].replace("|", "\\|")
-      lines.append(f"| {result['dataset']} | {result['lower']}+{result['upper']} | {result['seed']} | {reason} |")
+    cells = [(result["dataset"], f"{result['lower']}+{result['upper']}", str(result["seed"]), tables.escape_cell(reason))
+             for result, reason in sorted(skipped, key=lambda s: tables.sort_key(s[0]))]
+    lines += ["", "## Not measured", "", *tables.markdown_table(("data set", "pairing", "seed", "reason"), cells, "llrl")]
   return "\n".join(lines) + "\n"
 
 
 def results_csv(rows: Sequence[Mapping]) -> str:
-  return csv_text(sorted(rows, key=_sort_key), CSV_COLUMNS)
+  return tables.results_csv(rows, CSV_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,7 +416,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   args = parse_args(argv)
-  runs, skipped = find_runs(args.sweep, args.datasets, args.seed)
+  runs, skipped = runner.find_runs(args.sweep, args.datasets, args.seed)
   print(f"{len(runs)} run(s) to measure, {len(skipped)} skipped", flush=True)
   key, cache, rows = jax.random.PRNGKey(args.rng_seed), {}, []
   for run_dir, result in runs:
@@ -589,11 +434,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     print(f"{time.perf_counter() - start:6.1f} s  {markdown_row(row)}", flush=True)
   markdown = results_markdown(rows, skipped, sweep=args.sweep)
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w", encoding="utf-8") as f:
-    f.write(markdown)
-  csv_path = os.path.splitext(args.output)[0] + ".csv"
-  with open(csv_path, "w", encoding="utf-8", newline="") as f:
-    f.write(results_csv(rows))
+  runner.write_text(args.output, markdown)
+  csv_path = runner.write_text(os.path.splitext(args.output)[0] + ".csv", results_csv(rows))
   print(markdown)
   print(f"wrote {args.output} and {csv_path}")
   return rows

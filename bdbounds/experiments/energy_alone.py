@@ -2,14 +2,16 @@
 
     python -m bdbounds.experiments.energy_alone --data=25gaussians --hidden=100,100,100
     python -m bdbounds.experiments.energy_alone --data=25gaussians --hidden=100,100 --num_proposals=200
+    python -m bdbounds.experiments.energy_alone --data=rings --config=configs/toy.py:smoke --num_steps=200
 
 No generator and no bound: the energy minimises `E_data[E] + log Ẑ_K` with K proposals drawn
 uniformly from a box around the data (`bounds.importance_log_partition`), so its gradient is
 the self-normalised estimate of the maximum-likelihood gradient with a proposal that covers
-everything. The learning rate and its cosine decay, the input scale and the annealed data
-noise are the 2-D defaults of `configs/toy.py`; Adam's β are the usual (0.9, 0.999). What the
-energy reaches here is a ceiling for the game at the same architecture, budget and K; the gap
-between the two is what the game loses.
+everything. The learning rate and its cosine decay, the batch size, the input scale and the
+annealed data noise are those of `--config` (default `configs/toy.py`, with the data set appended
+to its presets); Adam's β are the usual (0.9, 0.999). What the energy reaches here is a ceiling
+for the game at the same architecture, budget and K; the gap between the two is what the game
+loses.
 Prints one JSON line per evaluation: the step, KL(p_data ‖ p_θ) as a Monte-Carlo mean over the
 test samples with log Z by quadrature (the trainer's report integrates the KL on a grid
 instead), its standard error, and seconds.
@@ -24,15 +26,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bdbounds import bounds, metrics, models, steps
+from bdbounds import bounds, config_files, metrics, models, steps
 from bdbounds.data import get_toy_dataset
-from configs import toy
+
+DEFAULT_CONFIG = "configs/toy.py"
 
 
 def train_energy_alone(data: str, hidden, *, num_steps: int, num_proposals: int, seed: int = 0,
-                       num_evals: int = 3, num_test: int = 20_000, margin: float = 0.1):
+                       num_evals: int = 3, num_test: int = 20_000, margin: float = 0.1,
+                       config_file: str = DEFAULT_CONFIG):
   """Train, and yield `{"step", "kl", "kl_stderr", "seconds"}` at `num_evals` even steps."""
-  config = toy.get_config(data)
+  config = config_files.load_config_file(config_files.with_presets(config_file, data))
   t, m = config.training, config.model
   dataset = get_toy_dataset(data)
   energy = models.Energy(tuple(hidden), m.activation, m.energy_base_std, m.energy_input_scale)
@@ -81,12 +85,18 @@ def main(argv=None):
   parser.add_argument("--num_steps", type=int, default=30_000)
   parser.add_argument("--num_proposals", type=int, default=1000, help="K uniform proposals per step")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--config", default=DEFAULT_CONFIG,
+                      help=f"2-D config file[:presets] of the training settings (default {DEFAULT_CONFIG})")
   args = parser.parse_args(argv)
   if get_toy_dataset(args.data).log_prob is None:
     parser.error(f"--data={args.data} has no closed-form density, so no KL; use one that has")
+  try:
+    config_files.load_config_file(config_files.with_presets(args.config, args.data))
+  except ValueError as e:
+    parser.error(f"--config: {e}")
   hidden = [int(w) for w in args.hidden.split(",")]
-  for row in train_energy_alone(args.data, hidden, num_steps=args.num_steps,
-                                num_proposals=args.num_proposals, seed=args.seed):
+  for row in train_energy_alone(args.data, hidden, num_steps=args.num_steps, num_proposals=args.num_proposals,
+                                seed=args.seed, config_file=args.config):
     print(json.dumps({**vars(args), **row}), flush=True)
 
 
