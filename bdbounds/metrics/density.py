@@ -12,6 +12,7 @@ Conventions (energy functions, boxes, cell centres) are those of
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Callable, NamedTuple, Sequence
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bdbounds.metrics.grid import EnergyFn, as_vector, cell_centres, float_dtype, parse_box
+from bdbounds.metrics.grid import EnergyFn, as_partial, as_vector, cell_centres, float_dtype, parse_box
 
 __all__ = [
   "MonteCarloEstimate",
@@ -72,7 +73,12 @@ def _map_chunks(
 
 
 def _jit_vector_fn(fn: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
-  return jax.jit(lambda x: as_vector(fn(x), x.shape[0]))
+  return functools.partial(_vector, as_partial(fn))
+
+
+@jax.jit
+def _vector(fn, x):  # `fn` a Partial: one compilation per model, whatever its parameters
+  return as_vector(fn(x), x.shape[0])
 
 
 def _vector_fn(fn: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["EnergyFn", "as_vector", "cell_centres", "float_dtype", "parse_box"]
+__all__ = ["EnergyFn", "as_partial", "as_vector", "cell_centres", "float_dtype", "parse_box"]
 
 EnergyFn = Callable[[jax.Array], jax.Array]
 
@@ -22,6 +22,13 @@ EnergyFn = Callable[[jax.Array], jax.Array]
 def float_dtype():
   """The default JAX float dtype: float32, or float64 under ``jax_enable_x64``."""
   return jnp.zeros(()).dtype
+
+
+def as_partial(fn: EnergyFn) -> jax.tree_util.Partial:
+  """`fn` as a `jax.tree_util.Partial`, which jitted functions take as an argument: its function
+  is static (a new function compiles anew) and the arguments bound in it (a model's parameters)
+  are traced, so `Partial(energy, params)` compiles once for every `params` of that model."""
+  return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
 
 
 def as_vector(values: jax.Array, n: int) -> jax.Array:

@@ -26,6 +26,7 @@ Conventions (energy functions, boxes, cell centres) are those of
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional, Sequence
 
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bdbounds.metrics.grid import EnergyFn, as_vector, float_dtype, parse_box
+from bdbounds.metrics.grid import EnergyFn, as_partial, as_vector, float_dtype, parse_box
 
 __all__ = [
   "GridLogZ",
@@ -105,43 +106,46 @@ def _make_grid_kernel(energy_fn: EnergyFn, chunk: int):
   ``exp(-E - m)`` over the cells of group ``g`` (see ``_N_GROUPS``).
 
   Grid geometry is passed as traced arguments, so one compilation serves
-  every resolution and box.
+  every resolution and box; so is an energy given as ``jax.tree_util.Partial``
+  (its function fixed, its parameters traced), so one compilation also serves
+  every state of a model.
   """
+  return functools.partial(_grid_kernel, as_partial(energy_fn), chunk=chunk)
 
-  def kernel(start, lo, h, res, k):
-    dtype = lo.dtype
-    idx = start + jnp.arange(chunk, dtype=jnp.int32)
-    valid = idx < res * res
-    i = idx // res  # x index
-    j = idx % res  # y index
-    pts = jnp.stack(
-      [lo[0] + (i.astype(dtype) + 0.5) * h[0], lo[1] + (j.astype(dtype) + 0.5) * h[1]],
-      axis=-1,
-    )
-    neg_e = -as_vector(energy_fn(pts), chunk)
-    neg_e = jnp.where(valid, neg_e, -jnp.inf)
-    m = jnp.max(neg_e)
-    m_shift = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-    w = jnp.exp(neg_e - m_shift)
-    masks = jnp.stack(
-      [
-        valid,
-        valid & (i < k),
-        valid & (i >= res - k),
-        valid & (j < k),
-        valid & (j >= res - k),
-        (i >= k) & (i < 2 * k),
-        (i < res - k) & (i >= res - 2 * k),
-        (j >= k) & (j < 2 * k),
-        (j < res - k) & (j >= res - 2 * k),
-      ]
-    )
-    terms = jnp.where(masks, w[None, :], jnp.zeros_like(w)[None, :])
-    # Blocked summation keeps float32 round-off at ~eps*sqrt(chunk) or better.
-    s = terms.reshape(_N_GROUPS, chunk // _SUM_BLOCK, _SUM_BLOCK).sum(-1).sum(-1)
-    return m, s
 
-  return jax.jit(kernel)
+@functools.partial(jax.jit, static_argnames="chunk")
+def _grid_kernel(energy_fn, start, lo, h, res, k, *, chunk: int):
+  dtype = lo.dtype
+  idx = start + jnp.arange(chunk, dtype=jnp.int32)
+  valid = idx < res * res
+  i = idx // res  # x index
+  j = idx % res  # y index
+  pts = jnp.stack(
+    [lo[0] + (i.astype(dtype) + 0.5) * h[0], lo[1] + (j.astype(dtype) + 0.5) * h[1]],
+    axis=-1,
+  )
+  neg_e = -as_vector(energy_fn(pts), chunk)
+  neg_e = jnp.where(valid, neg_e, -jnp.inf)
+  m = jnp.max(neg_e)
+  m_shift = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+  w = jnp.exp(neg_e - m_shift)
+  masks = jnp.stack(
+    [
+      valid,
+      valid & (i < k),
+      valid & (i >= res - k),
+      valid & (j < k),
+      valid & (j >= res - k),
+      (i >= k) & (i < 2 * k),
+      (i < res - k) & (i >= res - 2 * k),
+      (j >= k) & (j < 2 * k),
+      (j < res - k) & (j >= res - 2 * k),
+    ]
+  )
+  terms = jnp.where(masks, w[None, :], jnp.zeros_like(w)[None, :])
+  # Blocked summation keeps float32 round-off at ~eps*sqrt(chunk) or better.
+  s = terms.reshape(_N_GROUPS, chunk // _SUM_BLOCK, _SUM_BLOCK).sum(-1).sum(-1)
+  return m, s
 
 
 def _strip_cells(resolution: int, band: float) -> int:
