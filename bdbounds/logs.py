@@ -7,6 +7,7 @@ checkpoint. Loggers under `bdbounds` (`logging.getLogger(__name__)` in our modul
 top of that, so a default run still says what it did: checkpoints saved, skipped, resumed.
 """
 
+import contextlib
 import logging
 from collections.abc import Mapping
 
@@ -44,3 +45,23 @@ def configure_from_flags() -> None:
   verbosity = flags.FLAGS["verbosity"]
   configure(verbosity.value if verbosity.present else converter.ABSL_WARNING,
             flags.FLAGS.logger_levels)
+
+
+@contextlib.contextmanager
+def beside_progress_bars():
+  """Inside the block, a log line first clears tqdm's bars from the terminal and redraws them
+  after (`tqdm.external_write_mode`), so that lines and bar do not run into each other."""
+  from tqdm import tqdm
+  handlers = list(logging.getLogger().handlers)
+  for handler in handlers:
+    handle = handler.handle  # absl's handler overrides `handle`, not `emit`
+
+    def beside_bars(record, handle=handle):
+      with tqdm.external_write_mode():
+        return handle(record)
+    handler.handle = beside_bars
+  try:
+    yield
+  finally:
+    for handler in handlers:
+      del handler.handle  # the class's own again

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from bdbounds import checkpointing, evaluators, experiment, parallel, steps, writers
+from bdbounds import checkpointing, evaluators, experiment, logs, parallel, steps, writers
 from bdbounds.experiment import ConfigError, Experiment
 from bdbounds.state import TrainState
 
@@ -147,6 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     writer = stack.enter_context(writers.MetricWriter(workdir))
     first_step, report = int(state.step), None
     progress = stack.enter_context(_progress(t, first_step))
+    stack.enter_context(logs.beside_progress_bars())
     termination = stack.enter_context(_TerminationWatch())
     last_log = time.perf_counter()
     for step in range(first_step, t.num_steps):

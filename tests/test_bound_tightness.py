@@ -1,8 +1,9 @@
-"""Bound tightness: the noisy generator's quadrature entropy and the Jacobian bound's gap against
-closed forms, the MI path with the optimal critic, the upper penalty's batch noise, the report,
-and the command line on a run directory (untrained here; trained in the slow test)."""
+"""Bound tightness: the Jacobian bound's gap against closed forms, the MI path with the optimal
+critic against the quadrature entropy, the upper penalty's batch noise, the report, and the
+command line on a run directory (untrained here; trained in the slow test)."""
 
 import csv
+import dataclasses
 import functools
 import math
 import os
@@ -12,10 +13,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bdbounds import checkpointing, objectives, train, writers
+from bdbounds import checkpointing, config_files, experiment, objectives, train, writers
 from bdbounds.experiments import bound_tightness as bt
+from bdbounds.experiments.sweep import runner
 
 LOG_2PIE = math.log(2 * math.pi * math.e)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_SETTINGS = experiment.bound_settings(config_files.load_config_file(os.path.join(ROOT, "configs", "base.py")), 2)
+
+
+def bound_settings(**overrides) -> objectives.BoundSettings:
+  """configs/base.py's bound settings with the plain negative phase and 2 Krylov iterations, then `overrides`."""
+  return dataclasses.replace(BASE_SETTINGS, **{"importance_weighting": False, "defensive_samples": 0,
+                                               "jacobian_num_iters": 2, **overrides})
+
+
+def game(settings, nets) -> objectives.Objectives:
+  return objectives.make_objectives(settings, nets)
 
 
 def gaussian_entropy(cov):
@@ -32,51 +46,6 @@ B = np.array([0.5, -1.0])
 
 
 # ---------------------------------------------------------------------------------------------
-# Quadrature entropy of a noisy generator
-
-
-def test_quadrature_entropy_of_a_linear_generator_matches_the_gaussian_closed_form():
-  # G(z) = A z + b, z ~ N(0, I): q = N(b, AAᵀ + σ²I). Gauss–Hermite nodes in z make the mixture
-  # deterministic, so only the x-quadrature is tested.
-  sigma = 0.3
-  nodes, weights = np.polynomial.hermite_e.hermegauss(60)
-  z = np.stack(np.meshgrid(nodes, nodes), -1).reshape(-1, 2)
-  grid = bt.noisy_generator_entropy(z @ A.T + B, sigma, weights=np.outer(weights, weights).ravel())
-  exact = gaussian_entropy(A @ A.T + sigma**2 * np.eye(2))
-  assert grid.entropy == pytest.approx(exact, abs=1e-5)
-  assert grid.mass == pytest.approx(1.0, abs=1e-9)
-  assert grid.quadrature_error < 1e-6 and math.isnan(grid.sampling_error)
-  assert grid.cell == pytest.approx(sigma / 2)
-
-  # Coarse cells: the estimate from half the resolution still covers the actual error.
-  coarse = bt.noisy_generator_entropy(z @ A.T + B, sigma, weights=np.outer(weights, weights).ravel(),
-                                      cells_per_sigma=0.4)
-  assert abs(coarse.entropy - exact) > 1e-5
-  assert abs(coarse.entropy - exact) < coarse.quadrature_error
-
-
-def test_quadrature_entropy_from_sampled_means_and_its_low_bias_at_small_sigma():
-  rng = np.random.default_rng(0)
-  z = rng.standard_normal((20_000, 2))
-  grid = bt.noisy_generator_entropy(z @ A.T + B, 0.3)
-  exact = gaussian_entropy(A @ A.T + 0.09 * np.eye(2))
-  assert grid.entropy == pytest.approx(exact, abs=0.03)
-  assert 0 < grid.sampling_error < 0.03
-
-  # σ small against the means' spacing: the plug-in mixture's entropy is biased low (concavity),
-  # and the half-sample estimate says so.
-  z = rng.standard_normal((4_000, 2))
-  small = bt.noisy_generator_entropy(z @ A.T + B, 0.02)
-  exact = gaussian_entropy(A @ A.T + 0.02**2 * np.eye(2))
-  assert small.entropy < exact - 0.1 and small.sampling_error > 0.1
-
-  with pytest.raises(ValueError, match="shape"):
-    bt.noisy_generator_entropy(np.zeros((5, 3)), 0.1)
-  with pytest.raises(ValueError, match="sigma"):
-    bt.noisy_generator_entropy(np.zeros((5, 2)), 0.0)
-
-
-# ---------------------------------------------------------------------------------------------
 # Jacobian bound gap on linear generators
 
 
@@ -88,17 +57,17 @@ LINEAR_NETS = objectives.Networks(energy=None, time_energy=None, generator=lambd
 def linear_fns(settings):
   # Parameters are arguments of the jitted functions: generators of one shape share a compilation,
   # and the exact value and det J's sign, which no bound setting changes, are compiled once.
-  fns = bt.make_entropy_fns(settings, LINEAR_NETS)
-  default = objectives.BoundSettings(upper="none")
+  fns = bt.make_entropy_fns(game(settings, LINEAR_NETS))
+  default = bound_settings(upper="none")
   if settings != default:
     fns.update({name: linear_fns(default)[name] for name in ("exact", "det_sign")})
   return fns
 
 
 def measure_linear(matrix, **settings):
-  s = objectives.BoundSettings(lower=settings.pop("lower", "jacobian"), upper="none", **settings)
+  s = bound_settings(lower=settings.pop("lower", "jacobian"), upper="none", **settings)
   params = {"A": jnp.asarray(matrix, jnp.float32), "b": jnp.ones((matrix.shape[0],), jnp.float32)}
-  return bt.measure_entropy(s, LINEAR_NETS, params, None, latent_dim=matrix.shape[1], key=jax.random.PRNGKey(0),
+  return bt.measure_entropy(game(s, LINEAR_NETS), params, None, latent_dim=matrix.shape[1], key=jax.random.PRNGKey(0),
                             num_batches=3, batch_size=8, fns=linear_fns(s))
 
 
@@ -139,11 +108,23 @@ def test_jacobian_gap_in_three_dimensions_shrinks_with_k():
   assert gaps[2] == pytest.approx(0.0, abs=1e-4)  # k = d: the bound is ½ log det JᵀJ
 
 
+def test_one_batch_has_no_spread_and_the_report_shows_none():
+  # One mean_std for every table: the sample std of one value is undefined (None), not 0.
+  s = bound_settings(upper="none")
+  params = {"A": jnp.asarray(1.7 * rotation(0.6), jnp.float32), "b": jnp.ones((2,), jnp.float32)}
+  r = bt.measure_entropy(game(s, LINEAR_NETS), params, None, latent_dim=2, key=jax.random.PRNGKey(0), num_batches=1,
+                         batch_size=8, fns=linear_fns(s))
+  assert r["entropy_bound"] == pytest.approx(LOG_2PIE + 2 * math.log(1.7), abs=1e-4)
+  assert r["entropy_bound_std"] is None and r["entropy_gap_std"] is None and r["exact_entropy_error"] is None
+  row = bt.markdown_row({"dataset": "d", "lower": "jacobian", "upper": "none", "seed": 0, **r})
+  assert f"| {r['exact_entropy']:.3f} | {r['entropy_gap']:.3f} | — | — |" in row
+
+
 def test_a_folding_generator_is_flagged():
   # G(z) = (z1, z2²): det J = 2 z2 changes sign, two latents per point. H(z) + E log|det J| then
   # over-states H(q) by log 2 (q(x) sums both preimages), which the report marks.
   nets = objectives.Networks(None, None, lambda p, z: jnp.stack([z[0], z[1] ** 2]), None, None)
-  r = bt.measure_entropy(objectives.BoundSettings(upper="none"), nets, {}, None, latent_dim=2,
+  r = bt.measure_entropy(game(bound_settings(upper="none"), nets), {}, None, latent_dim=2,
                          key=jax.random.PRNGKey(1), num_batches=4, batch_size=100)
   assert 0.4 < r["fold_fraction"] <= 0.5
   assert bt.markdown_row({"dataset": "d", "lower": "jacobian", "upper": "none", "seed": 0, **r}).count("†") == 1
@@ -169,8 +150,8 @@ def test_mi_bound_with_the_optimal_critic_against_the_quadrature(estimator, shif
     return -0.5 * jnp.sum(r**2) / sigma**2 - 2 * math.log(sigma) + 0.5 * x @ inv @ x + 0.5 * logdet + shift
 
   nets = objectives.Networks(None, None, lambda p, z: a @ z, lambda p: jnp.asarray(sigma), critic)
-  settings = objectives.BoundSettings(lower="mutual_info", upper="none", mi_estimator=estimator)
-  r = bt.measure_entropy(settings, nets, {}, {}, latent_dim=2, key=jax.random.PRNGKey(2),
+  settings = bound_settings(lower="mutual_info", upper="none", mi_estimator=estimator)
+  r = bt.measure_entropy(game(settings, nets), {}, {}, latent_dim=2, key=jax.random.PRNGKey(2),
                          num_batches=num_batches, batch_size=200, num_quadrature_samples=20_000)
   assert r["exact_entropy"] == pytest.approx(gaussian_entropy(cov), abs=0.02)
   assert r["sigma"] == pytest.approx(sigma) and 0 < r["exact_entropy_error"] < 0.02
@@ -192,11 +173,11 @@ def test_a_long_run_critic_closes_the_gap_a_fresh_critic_leaves():
   a = jnp.asarray(A, jnp.float32)
   critic = Critic((32, 32))
   nets = objectives.Networks(None, None, lambda p, z: a @ z, lambda p: jnp.asarray(sigma), critic.apply)
-  settings = objectives.BoundSettings(lower="mutual_info", upper="none", mi_estimator="dv")
+  mi = game(bound_settings(lower="mutual_info", upper="none", mi_estimator="dv"), nets)
   fresh = critic.init(jax.random.PRNGKey(0), jnp.zeros(2), jnp.zeros(2))
-  trained = bt.train_critic(settings, nets, fresh, {}, latent_dim=2, key=jax.random.PRNGKey(1), num_steps=1500,
+  trained = bt.train_critic(mi, fresh, {}, latent_dim=2, key=jax.random.PRNGKey(1), num_steps=1500,
                             batch_size=200, learning_rate=1e-3)
-  r = bt.measure_entropy(settings, nets, {}, fresh, latent_dim=2, key=jax.random.PRNGKey(2), num_batches=10,
+  r = bt.measure_entropy(mi, {}, fresh, latent_dim=2, key=jax.random.PRNGKey(2), num_batches=10,
                          batch_size=200, num_quadrature_samples=20_000, long_critic_params=trained)
   assert r["exact_entropy"] == pytest.approx(gaussian_entropy(A @ A.T + sigma**2 * np.eye(2)), abs=0.02)
   assert r["entropy_gap"] > 0.8
@@ -221,13 +202,13 @@ def test_upper_penalty_mean_and_batch_noise():
   # has std 2/√B.
   nets = objectives.Networks(energy=lambda p, x: 0.5 * jnp.sum(x**2), time_energy=None,
                              generator=lambda p, z: z, sigma=None, critic=None)
-  settings = objectives.BoundSettings(upper="r1", weight_schedule="constant", upper_weight=0.25)
-  r = bt.measure_upper(settings, nets, {}, {}, dataset=NormalData(), latent_dim=2, key=jax.random.PRNGKey(3),
+  settings = bound_settings(upper="r1", weight_schedule="constant", upper_weight=0.25)
+  r = bt.measure_upper(game(settings, nets), {}, {}, dataset=NormalData(), latent_dim=2, key=jax.random.PRNGKey(3),
                        num_batches=20, batch_size=100)
   assert r["upper_penalty_mean"] == pytest.approx(2.0, abs=0.15)
   assert 0.1 < r["upper_penalty_std"] < 0.3
   assert r["upper_weight"] == pytest.approx(0.25) and r["ms_upper_penalty"] > 0
-  assert bt.measure_upper(objectives.BoundSettings(upper="none"), nets, {}, {}, dataset=NormalData(),
+  assert bt.measure_upper(game(bound_settings(upper="none"), nets), {}, {}, dataset=NormalData(),
                           latent_dim=2, key=jax.random.PRNGKey(3), num_batches=2, batch_size=4) == {}
 
 
@@ -251,13 +232,13 @@ def test_find_runs_skips_diverged_and_checkpointless_runs(tmp_path):
   run("jacobian+none", 0)
   run("jacobian+r1", 0, status="diverged", diverged=True, error="NonFiniteError: nan at step 7")
   run("jacobian+diffusion", 0, checkpoint=False, status="converged")
-  runs, skipped = bt.find_runs(str(tmp_path))
+  runs, skipped = runner.find_runs(str(tmp_path))
   assert [(r["lower"], r["upper"], r["seed"]) for _, r in runs] == [
       ("jacobian", "none", 0), ("jacobian", "none", 1), ("mutual_info", "r1", 0)]
   assert [(r["upper"], reason) for r, reason in skipped] == [
       ("r1", "diverged: NonFiniteError: nan at step 7"), ("diffusion", "no checkpoint")]
-  assert len(bt.find_runs(str(tmp_path), seed=1)[0]) == 1
-  assert bt.find_runs(str(tmp_path), datasets=["rings"]) == ([], [])
+  assert len(runner.find_runs(str(tmp_path), seed=1)[0]) == 1
+  assert runner.find_runs(str(tmp_path), datasets=["rings"]) == ([], [])
 
 
 def test_markdown_and_csv_rows():
@@ -289,22 +270,19 @@ def test_markdown_and_csv_rows():
 
 
 def tiny_config(lower, upper):
-  from configs import toy
-  config = toy.get_config("8gaussians,smoke")
-  with config.unlocked():
-    config.update_from_flattened_dict({
+  config = config_files.load_config_file(os.path.join(ROOT, "configs", "toy.py") + ":8gaussians,smoke")
+  return config_files.apply_overrides(config, {
         "bounds.lower": lower, "bounds.upper": upper, "training.num_steps": 10, "eval.every_steps": 10,
         "checkpoint.every_steps": 10, "data.num_test": 500, "eval.diffusion_num_t": 4,
         # One narrow hidden layer: less to compile (as in tests/test_toy_sweep.py).
         "model.energy_hidden": (16,), "model.generator_hidden": (16,), "model.critic_hidden": (16,)})
-  return config.lock()
 
 
 def untrained_run(run_dir, lower, upper):
   """A run directory as the sweep leaves it, holding the initial state (no training)."""
   config = tiny_config(lower, upper)
-  exp = train.build_experiment(config)
-  state = jax.jit(exp.init_state)(train.create_keys(config.seed)["init"])  # one compilation, not one per op
+  exp = experiment.create_experiment(config)
+  state = jax.jit(exp.init_state)(exp.keys["init"])  # one compilation, not one per op
   train.check_workdir_config(config, str(run_dir))
   with checkpointing.Checkpointer(os.path.join(run_dir, "checkpoints")) as ckpt:
     ckpt.save(0, state)
@@ -338,11 +316,10 @@ def test_command_line_on_an_untrained_run(tmp_path, capsys):
 
 @pytest.mark.slow  # trains two tiny runs: about a minute, mostly compilation
 def test_trained_runs_and_the_recomputed_diffusion_bound(tmp_path):
-  from bdbounds import evaluate
   sweep = tmp_path / "sweep"
   for lower, upper in (("jacobian", "latent_fisher"), ("mutual_info", "diffusion")):
     run_dir = sweep / "8gaussians" / f"{lower}+{upper}" / "seed0"
-    report = train.train_and_evaluate(tiny_config(lower, upper), str(run_dir))
+    _, report = train.train_and_evaluate(tiny_config(lower, upper), str(run_dir))
     write_result(str(run_dir), "8gaussians", lower, upper, 0, status="collapsed", diverged=False)
   rows = {r["lower"]: r for r in bt.main([f"--sweep={sweep}", "--num_batches=4", "--batch_size=50",
                                           "--num_quadrature_samples=4000", "--critic_steps=200"])}
@@ -358,8 +335,7 @@ def test_trained_runs_and_the_recomputed_diffusion_bound(tmp_path):
   assert mi["nll"] == pytest.approx(report["nll"])
 
   # An older report without the diffusion bound: recomputed on the evaluation's test set and key.
-  config = tiny_config("mutual_info", "diffusion")
-  exp, state = evaluate._restore(str(run_dir), None)
-  recomputed = bt.diffusion_comparison(config, exp, state, {"nll": report["nll"]})
+  exp, state = experiment.restore(str(run_dir))
+  recomputed = bt.diffusion_comparison(exp, state, {"nll": report["nll"]})
   assert recomputed["diffusion_source"] == "computed"
   assert recomputed["diffusion_nll_bound"] == pytest.approx(report["diffusion_nll_bound"], rel=1e-5)

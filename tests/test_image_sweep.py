@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from bdbounds.experiments import image_sweep
-from bdbounds.experiments import toy_sweep
+from bdbounds.experiments.sweep import grid, runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def in_repository_root(monkeypatch):
+  """Config files are named relative to the repository root, as on the command line."""
+  monkeypatch.chdir(ROOT)
 
 RECORDS = [{"step": 5, "train/energy_gap": 0.5, "train/seconds_per_step": 2.0},  # compilation
            {"step": 10, "train/energy_gap": 0.1, "train/seconds_per_step": 0.03},
@@ -23,7 +31,7 @@ RECORDS = [{"step": 5, "train/energy_gap": 0.5, "train/seconds_per_step": 2.0}, 
 
 
 def fake_result(lower, upper, seed, *, fid=40.0, error=None, bits_per_dim=None):
-  spec = toy_sweep.RunSpec("digits", lower, upper, seed)
+  spec = grid.RunSpec("digits", lower, upper, seed)
   report = None if error else {"fid": fid, "inception_score": 6.0 + seed, "precision": 0.3, "recall": 0.6,
                                "prd_f8": 0.9, "prd_f1_8": 0.8, "nll_lower_bound": -3.0, "energy_data": -1.0}
   if report and bits_per_dim is not None:
@@ -32,8 +40,11 @@ def fake_result(lower, upper, seed, *, fid=40.0, error=None, bits_per_dim=None):
 
 
 def test_config_names_take_a_path_or_a_name_and_a_preset_and_refuse_2d_data():
-  assert image_sweep.parse_config_name("digits") == ("digits", "")
-  assert image_sweep.parse_config_name("configs/cifar10.py:smoke") == ("cifar10", "smoke")
+  assert image_sweep.parse_config_name("digits") == ("digits", os.path.join("configs", "digits.py"), "")
+  assert image_sweep.parse_config_name("mnist:smoke").config_file == os.path.join("configs", "mnist.py") + ":smoke"
+  cifar = image_sweep.parse_config_name("configs/cifar10.py:smoke")
+  assert cifar == ("cifar10", "configs/cifar10.py", "smoke") and cifar.config_file == "configs/cifar10.py:smoke"
+  assert image_sweep.parse_config_name(f"{ROOT}/configs/celeba.py").path == f"{ROOT}/configs/celeba.py"
   with pytest.raises(ValueError, match="toy_sweep"):
     image_sweep.parse_config_name("configs/toy.py")
   with pytest.raises(SystemExit):
@@ -43,6 +54,10 @@ def test_config_names_take_a_path_or_a_name_and_a_preset_and_refuse_2d_data():
   assert not any(lower == "jacobian_exact" for lower, _ in quick.pairs)
   full = image_sweep.parse_args(["--workdir=w", "--pairs=jacobian_exact:none"])
   assert (full.seeds, full.num_steps, full.pairs) == (3, 8_000, [("jacobian_exact", "none")])
+  smoke = image_sweep.parse_args(["--workdir=w", "--config=digits:smoke"])
+  assert (smoke.name, smoke.preset, smoke.num_steps) == ("digits", "smoke", 6)
+  with pytest.raises(SystemExit):  # an unknown preset, before anything runs
+    image_sweep.parse_args(["--workdir=w", "--config=digits:smok"])
 
 
 def test_a_data_set_that_is_not_prepared_stops_the_sweep_before_any_run(tmp_path):
@@ -54,7 +69,7 @@ def test_a_data_set_that_is_not_prepared_stops_the_sweep_before_any_run(tmp_path
 
 
 def test_a_run_evaluates_at_its_end_and_keeps_the_configs_checkpoints():
-  spec = toy_sweep.RunSpec("digits", "mutual_info", "r1", 2)
+  spec = grid.RunSpec("digits", "mutual_info", "r1", 2)
   config = image_sweep.create_config(spec, 8_000, {"training.batch_size": 32})
   assert (config.seed, config.bounds.lower, config.bounds.upper) == (2, "mutual_info", "r1")
   assert (config.eval.every_steps, config.checkpoint.every_steps) == (8_000, 1_000)  # resumable inside a run
@@ -63,6 +78,39 @@ def test_a_run_evaluates_at_its_end_and_keeps_the_configs_checkpoints():
   assert (short.model.width, short.checkpoint.every_steps, short.eval.every_steps) == (8, 3, 6)
   with pytest.raises(ValueError, match="unknown config keys"):
     image_sweep.create_config(spec, 10, {"eval.fid_samplez": 3})
+  by_path = image_sweep.create_config(spec, 6, config_file=os.path.join(ROOT, "configs", "digits.py:smoke"))
+  assert by_path.to_dict() == short.to_dict()
+
+
+def test_samples_are_drawn_from_the_state_training_returns(tmp_path, monkeypatch):
+  """No checkpoint is read back (the run directory holds none): the samples are those of the
+  returned state's generator moving average, as the evaluation shows them."""
+  import jax
+  from bdbounds import evaluators, experiment, train, writers
+
+  spec = grid.RunSpec("digits", "jacobian", "none", 0)
+  config = image_sweep.create_config(spec, 6, preset="smoke")
+  exp = experiment.create_experiment(config)
+  state = jax.jit(exp.init_state)(exp.keys["init"])
+  state = state.replace(generator_ema=jax.tree_util.tree_map(lambda p: 0.5 * p, state.generator.params))
+
+  def trained(config, workdir):
+    with writers.MetricWriter(workdir) as w:
+      w.write_scalars(6, {"train/energy_gap": 0.1, "train/seconds_per_step": 0.01})
+    return state, {"fid": 50.0, "inception_score": 3.0}
+
+  monkeypatch.setattr(train, "train_and_evaluate", trained)
+  result = image_sweep.run_one(spec, str(tmp_path), 6, preset="smoke")
+  assert (result["status"], result["fid"]) == ("finished", 50.0) and "output_error" not in result
+  run_dir = spec.run_dir(str(tmp_path))
+  assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
+  samples = np.load(os.path.join(run_dir, image_sweep.SAMPLES_FILE))
+  shared = evaluators.make_shared(exp)
+  ema, _ = shared.sample(state.generator_ema, jax.random.PRNGKey(0), image_sweep.GRID_SAMPLES)
+  raw, _ = shared.sample(state.generator.params, jax.random.PRNGKey(0), image_sweep.GRID_SAMPLES)
+  assert samples.shape == (16, 8, 8, 1)
+  np.testing.assert_allclose(samples, np.asarray(ema), atol=1e-6)
+  assert not np.allclose(samples, np.asarray(raw), atol=1e-3)  # the moving average, not the last iterate
 
 
 def test_summarize_run_reads_the_final_evaluation_and_flags_non_finite_measures():
@@ -101,7 +149,7 @@ def test_the_figure_shows_the_lowest_finished_seed_of_each_pairing(tmp_path):
              fake_result("mutual_info", "none", 0)]
   assert not image_sweep.plot_samples(results, str(tmp_path), str(tmp_path / "none.png"))  # nothing saved yet
   for lower, seed in (("jacobian", 1), ("mutual_info", 0)):
-    run_dir = toy_sweep.RunSpec("digits", lower, "none", seed).run_dir(str(tmp_path))
+    run_dir = grid.RunSpec("digits", lower, "none", seed).run_dir(str(tmp_path))
     os.makedirs(run_dir)
     np.save(os.path.join(run_dir, image_sweep.SAMPLES_FILE), np.zeros((16, 8, 8, 1), np.float32))
   paths = image_sweep.write_reports(str(tmp_path), results)

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 
+from bdbounds import experiment
 from bdbounds.experiments import toy_sweep
 from bdbounds.experiments.sweep import figures, grid, runner, tables
 
@@ -134,6 +135,41 @@ def test_command_line_parsing():
       toy_sweep.parse_args(["--workdir=w", *bad])
 
 
+def test_the_config_flag_takes_a_file_and_presets_and_its_errors_stop_the_sweep(tmp_path, monkeypatch):
+  smoke = toy_sweep.parse_args(["--workdir=w", "--config=configs/toy.py:smoke", "--datasets=rings"])
+  assert smoke.num_steps == 20  # the step budget of the file's preset
+  config = toy_sweep.create_config(grid.RunSpec("rings", "jacobian", "r1", 0), 20, config_file=smoke.config)
+  assert (config.data.name, config.training.batch_size) == ("rings", 32)  # data set appended to the presets
+  with pytest.raises(SystemExit):
+    toy_sweep.parse_args(["--workdir=w", "--config=configs/toy.py:ringz"])
+  with pytest.raises(SystemExit, match="--config: .*unknown preset 'ringz'"):
+    toy_sweep.main([f"--workdir={tmp_path}", "--config=configs/toy.py:ringz", "--num_steps=5"])
+  with pytest.raises(SystemExit, match=r"--set: unknown config keys \['training.num_stepz'\]"):
+    toy_sweep.main([f"--workdir={tmp_path}", "--num_steps=5", "--set=training.num_stepz=3"])
+  assert not os.listdir(tmp_path)  # nothing written before the config is right
+
+  # sweep.json names the config only when it is not the default, so older sweeps still resume.
+  monkeypatch.setattr(runner, "run_sweep", lambda specs, args, *a, **k: specs)
+  specs = toy_sweep.main([f"--workdir={tmp_path / 'default'}", "--datasets=moons", "--pairs=jacobian:none"])
+  assert specs == [grid.RunSpec("moons", "jacobian", "none", s) for s in range(3)]
+  assert json.loads((tmp_path / "default" / runner.SWEEP_FILE).read_text()) == {"num_steps": 30_000, "overrides": {}}
+  toy_sweep.main([f"--workdir={tmp_path / 'smoke'}", "--config=configs/toy.py:smoke", "--datasets=moons"])
+  assert json.loads((tmp_path / "smoke" / runner.SWEEP_FILE).read_text()) == {
+      "num_steps": 20, "overrides": {}, "config": "configs/toy.py:smoke"}
+
+
+def test_one_mean_std_for_every_table():
+  assert tables.mean_std([1.0, 2.0, 4.0]) == (pytest.approx(7 / 3), pytest.approx(np.std([1, 2, 4], ddof=1)), 3)
+  assert tables.mean_std([2.5]) == (2.5, None, 1)  # one value has no sample std
+  assert tables.mean_std([None, 1.0, None, 3.0]) == (2.0, pytest.approx(math.sqrt(2)), 2)  # missing: left out
+  assert tables.mean_std([]) == (None, None, 0) and tables.mean_std([None]) == (None, None, 0)
+  nan = tables.mean_std([1.0, float("nan")])  # a non-finite value is not hidden
+  assert math.isnan(nan.mean) and nan.count == 2
+  assert tables.mean_std(np.array([[1.0, 3.0]])).mean == 2.0
+  assert tables.format_mean_std(2.0, None) == "2.000" and tables.format_mean_std(None, 1.0) == "—"
+  assert tables.format_mean_std(0.5, 0.02, 3, std_format=".3g") == "0.500 ± 0.02"
+
+
 def test_workers_are_pinned_one_per_core_only_when_they_fill_the_cores(monkeypatch):
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 0, 2, 1}, raising=False)
   assert runner.worker_cores(4) == [0, 1, 2, 3] == runner.worker_cores(6)
@@ -178,13 +214,46 @@ def test_a_run_that_raises_is_recorded_as_diverged_and_a_stopped_one_is_not(tmp_
     toy_sweep.run_one(other, str(tmp_path), 10)
   assert not os.path.exists(os.path.join(other.run_dir(str(tmp_path)), runner.RESULT_FILE))
 
-  if hasattr(train, "ConfigError"):  # a config the trainer refuses would fail every run alike: not a result
-    def refuses(config, workdir):
-      raise train.ConfigError("model.energy_hidden='100': hidden widths are positive integers")
+  def refuses(config, workdir):  # a config the trainer refuses would fail every run alike: not a result
+    raise experiment.ConfigError("model.energy_hidden='100': hidden widths are positive integers")
 
-    monkeypatch.setattr(train, "train_and_evaluate", refuses)
-    with pytest.raises(train.ConfigError):
-      toy_sweep.run_one(other, str(tmp_path), 10)
+  monkeypatch.setattr(train, "train_and_evaluate", refuses)
+  with pytest.raises(experiment.ConfigError):
+    toy_sweep.run_one(other, str(tmp_path), 10)
+
+
+def test_the_density_grid_is_drawn_from_the_state_training_returns(tmp_path, monkeypatch):
+  """No checkpoint is read back: the run directory holds none here, and the grid is exp(−E)/Z of
+  the returned state's energy, with log Z from the returned report."""
+  import jax
+  from bdbounds import evaluators, train, writers
+
+  extra = {"model.energy_hidden": (8,), "model.generator_hidden": (8,)}
+  spec = grid.RunSpec("8gaussians", "jacobian", "none", 0)
+  config = toy_sweep.create_config(spec, 10, extra)
+  exp = experiment.create_experiment(config)
+  state = jax.jit(exp.init_state)(exp.keys["init"])
+  log_z = 1.25
+  entropy, kl = 2.8, 0.3
+
+  def trained(config, workdir):
+    with writers.MetricWriter(workdir) as w:
+      w.write_scalars(10, {"train/energy_gap": 0.1, "train/seconds_per_step": 0.01})
+    return state, {"nll": entropy + kl, "kl_data_model": kl, "test_entropy": entropy, "log_z": log_z,
+                   "nll_lower_bound": 2.0, "sandwich_gap": 1.1, "quadrature_converged": True}
+
+  monkeypatch.setattr(train, "train_and_evaluate", trained)
+  result = toy_sweep.run_one(spec, str(tmp_path), 10, extra)
+  assert result["status"] == "converged" and result["kl_data_model"] == kl and "output_error" not in result
+  assert not os.path.exists(os.path.join(spec.run_dir(str(tmp_path)), "checkpoints"))
+  density = toy_sweep.load_density(spec.run_dir(str(tmp_path)))
+  assert density["model_log_density"].shape == (toy_sweep.DENSITY_RESOLUTION,) * 2
+  points = np.array([[density["xs"][3], density["ys"][5]], [density["xs"][100], density["ys"][60]]])
+  energies = np.asarray(evaluators.make_shared(exp).energies(state.energy.params, points))
+  expected = -energies - log_z
+  assert density["model_log_density"][[5, 60], [3, 100]] == pytest.approx(expected, abs=1e-4)
+  data = density["data_log_density"][[5, 60], [3, 100]]
+  assert data == pytest.approx(np.asarray(exp.dataset.log_prob(points)), abs=1e-4)
 
 
 def test_sweep_settings_are_fixed_once_a_run_has_a_result(tmp_path):

@@ -373,9 +373,10 @@ def results_markdown(rows: Sequence[Mapping], skipped: Sequence = (), *, sweep: 
   lines += [markdown_row(r) for r in rows] or ["| *no finished runs* |" + " |" * (len(HEADER) - 1)]
   lines += ["", *NOTES]
   if skipped:
-    cells = [(result["dataset"], f"{result['lower']}+{result['upper']}", str(result["seed"]), tables.escape_cell(reason))
-             for result, reason in sorted(skipped, key=lambda s: tables.sort_key(s[0]))]
-    lines += ["", "## Not measured", "", *tables.markdown_table(("data set", "pairing", "seed", "reason"), cells, "llrl")]
+    cells = [(r["dataset"], f"{r['lower']}+{r['upper']}", str(r["seed"]), tables.escape_cell(reason))
+             for r, reason in sorted(skipped, key=lambda s: tables.sort_key(s[0]))]
+    lines += ["", "## Not measured", "",
+              *tables.markdown_table(("data set", "pairing", "seed", "reason"), cells, "llrl")]
   return "\n".join(lines) + "\n"
 
 

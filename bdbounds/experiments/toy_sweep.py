@@ -63,7 +63,10 @@ Outputs in the workdir (rebuilt from every `result.json` under it after each inv
                   invocation with others is refused
   compilation_cache/  XLA's persistent cache, shared by the workers
 
-Resuming and worker processes (`--processes`, default the CPU count) are `sweep.runner`'s.
+Resuming: a run whose `result.json` exists is skipped, so the same command continues a killed
+sweep. Parallelism: `--processes` worker processes (default: the CPU count), one XLA and BLAS
+thread and one run at a time each, pinned one to a core when they fill the cores. `sweep.runner`
+says more.
 """
 
 from __future__ import annotations
@@ -160,17 +163,17 @@ def data_reference(dataset: str) -> tuple[float, np.ndarray, np.ndarray]:
 def save_density(spec: RunSpec, config, run: runner.TrainedRun, run_dir: str) -> None:
   """`density.npz`: the trained energy's log-density at temperature 1 (log Z from the run's report)
   and the data's, on the data's box."""
+  import jax
   from bdbounds import evaluators, experiment, metrics
   exp = experiment.create_experiment(config)
-  energies, params = evaluators.make_shared(exp).energies, run.state.energy.params
+  energy = jax.tree_util.Partial(evaluators.make_shared(exp).energies, run.state.energy.params)
   _, lo, hi = data_reference(spec.dataset)
-  xs, ys, model = metrics.density_on_grid(lambda x: energies(params, x), run.report["log_z"], lo, hi,
-                                          DENSITY_RESOLUTION)
+  xs, ys, model = metrics.density_on_grid(energy, run.report["log_z"], lo, hi, DENSITY_RESOLUTION)
   arrays = {"xs": xs, "ys": ys, "model_log_density": model.astype(np.float32)}
   log_prob = exp.dataset.log_prob
   if log_prob is not None:
     arrays["data_log_density"] = metrics.density_on_grid(
-        lambda x: -log_prob(x), 0.0, lo, hi, DENSITY_RESOLUTION)[2].astype(np.float32)
+        jax.tree_util.Partial(lambda x: -log_prob(x)), 0.0, lo, hi, DENSITY_RESOLUTION)[2].astype(np.float32)
   np.savez_compressed(os.path.join(run_dir, DENSITY_FILE), **arrays)
 
 

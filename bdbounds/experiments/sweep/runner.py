@@ -343,7 +343,8 @@ def write_text(path: str, text: str) -> str:
   return path
 
 
-def run_sweep(specs: Sequence[RunSpec], args: argparse.Namespace, write_reports: Callable, **execute_kwargs) -> list[dict]:
+def run_sweep(specs: Sequence[RunSpec], args: argparse.Namespace, write_reports: Callable,
+              **execute_kwargs) -> list[dict]:
   """Train the runs of `specs` that have no result yet (`execute`), then rebuild the reports from
   every result in `args.workdir` (`write_reports(workdir, results)` returns the paths written);
   returns the results."""

@@ -18,7 +18,8 @@ DATASET_ORDER = TOY_DATASETS + IMAGE_DATASETS
 
 def is_finite(value) -> bool:
   """A real number that is finite (not a bool, not None, not NaN or ±inf)."""
-  return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool) and math.isfinite(value)
+  numeric = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+  return numeric and math.isfinite(value)
 
 
 class MeanStd(NamedTuple):
