@@ -44,9 +44,8 @@ def sample_times(key, num_t: int, sampling: str = "stratified") -> jax.Array:
   raise ValueError(f"unknown time sampling {sampling!r}; choose stratified, antithetic or uniform")
 
 
-def diffusion_nll_bound(energy_fn: Callable, x: jax.Array, *, key, num_t: int = 8,
-                        gamma_min: float = -13.3, gamma_max: float = 5.0,
-                        sampling: str = "stratified") -> DiffusionBound:
+def diffusion_nll_bound(energy_fn: Callable, x: jax.Array, *, key, num_t: int, gamma_min: float,
+                        gamma_max: float, sampling: str = "stratified") -> DiffusionBound:
   """Variational upper bound on `−log p(x)` for ONE example `x` (any shape, D = x.size).
 
       −log p(x) ≤ E_{z_0}[−log N(x; z_0/α_0, (σ_0/α_0)² I)]          recon (exact expectation)

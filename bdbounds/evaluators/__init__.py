@@ -19,7 +19,7 @@ import numpy as np
 from bdbounds import plotting, writers
 from bdbounds.evaluators.bound_terms import make_bound_terms
 from bdbounds.evaluators.common import (EvalInputs, Shared, create_inputs, make_shared, mean_stderr,
-                                        sampling_params)
+                                        sampling_params, step_key)
 from bdbounds.evaluators.density import make_density
 from bdbounds.evaluators.diffusion import make_diffusion_evaluator, make_diffusion_nll
 from bdbounds.evaluators.report import format_report
@@ -77,11 +77,11 @@ def make_evaluation(exp) -> Callable:
 
 
 def evaluate_and_write(evaluation: Callable, state, workdir: str, *, key, writer=None) -> dict:
-  """Measure one state with the step's key (`fold_in(key, step)`); write `eval/<step>.json`,
+  """Measure one state with the step's key (`step_key`, from the run's eval `key`); write `eval/<step>.json`,
   `plots/<step>.png` and the `eval/…` scalars (process 0); return the report."""
   step = int(state.step)
   logger.info("evaluating step %d", step)
-  report, figure = evaluation(state, key=jax.random.fold_in(key, step))
+  report, figure = evaluation(state, key=step_key(key, step))
   if jax.process_index() == 0:
     writers.write_json(os.path.join(workdir, "eval", f"{step}.json"), report)
     if figure is not None:
@@ -97,4 +97,4 @@ def evaluate_and_write(evaluation: Callable, state, workdir: str, *, key, writer
 __all__ = ["EVALUATORS", "EvalInputs", "Shared", "create_feature_net", "create_inputs", "evaluate_and_write",
            "evaluator_names", "format_report", "make_bound_terms", "make_density", "make_diffusion_evaluator",
            "make_diffusion_nll", "make_evaluation", "make_sample_grid", "make_sample_quality", "make_shared",
-           "mean_stderr", "sampling_params"]
+           "mean_stderr", "sampling_params", "step_key"]

@@ -32,6 +32,12 @@ def make_shared(exp) -> Shared:
                 sample=jax.jit(sample, static_argnums=2))
 
 
+def step_key(eval_key, step: int):
+  """The key of the evaluation at `step`, from the run's `eval` key: a saved step is always
+  evaluated with the same randomness."""
+  return jax.random.fold_in(eval_key, step)
+
+
 def create_inputs(exp, shared: Shared, state, key) -> EvalInputs:
   """Test examples, generator samples and keys for evaluating `state` with the step's `key`.
 

@@ -264,7 +264,7 @@ def diffusion_comparison(exp: experiment.Experiment, state, report: Mapping) -> 
   if "diffusion_nll_bound" in report:
     out.update(diffusion_nll_bound=report["diffusion_nll_bound"], diffusion_source="eval report")
   else:
-    key = jax.random.fold_in(exp.keys["eval"], int(state.step))  # the key of the step's evaluation
+    key = evaluators.step_key(exp.keys["eval"], int(state.step))
     inputs = evaluators.create_inputs(exp, evaluators.make_shared(exp), state, key)
     terms = evaluators.make_diffusion_nll(exp)(state.energy.params, inputs.test, key=inputs.keys["diffusion"])
     out.update(diffusion_nll_bound=terms["diffusion_nll_bound"], diffusion_source="computed")

@@ -5,7 +5,7 @@
     python -m bdbounds.experiments.energy_alone --data=rings --config=configs/toy.py:smoke --num_steps=200
 
 No generator and no bound: the energy minimises `E_data[E] + log Ẑ_K` with K proposals drawn
-uniformly from a box around the data (`bounds.importance_log_partition`), so its gradient is
+uniformly from a box around the data (`objectives.importance_nll`), so its gradient is
 the self-normalised estimate of the maximum-likelihood gradient with a proposal that covers
 everything. The learning rate and its cosine decay, the batch size, the input scale and the
 annealed data noise are those of `--config` (default `configs/toy.py`, with the data set appended
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bdbounds import bounds, config_files, metrics, models, steps
+from bdbounds import config_files, metrics, models, objectives, steps
 from bdbounds.data import get_toy_dataset
 
 DEFAULT_CONFIG = "configs/toy.py"
@@ -54,8 +54,8 @@ def train_energy_alone(data: str, hidden, *, num_steps: int, num_proposals: int,
 
   def loss(params, x, proposals):
     energies = energy.apply(params, proposals)
-    return jnp.mean(energy.apply(params, x)) + bounds.importance_log_partition(
-        energies, jnp.full(energies.shape, log_q))[0]
+    return objectives.importance_nll(jnp.mean(energy.apply(params, x)), energies,
+                                     jnp.full(energies.shape, log_q))[0]
 
   @jax.jit
   def step(params, opt_state, key, i):

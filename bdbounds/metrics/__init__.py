@@ -17,6 +17,8 @@ from bdbounds.metrics.quadrature import GridLogZ, adaptive_log_partition, log_pa
 from bdbounds.metrics.sample_quality import feature_statistics, frechet_distance, inception_score
 
 __all__ = [
+  "GridEntropy",
+  "noisy_generator_entropy",
   "GridLogZ",
   "MonteCarloEstimate",
   "adaptive_log_partition",

@@ -19,23 +19,8 @@ from bdbounds.evaluators.inception_weights import (
 )
 from bdbounds.models import inception
 from bdbounds.tools import convert_fid_inception as convert
-from tests.models.test_inception import SIDE, SMALL, fake_state_dict
-
-# --------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def state_dict():
-  return fake_state_dict()
-
-
-@pytest.fixture(scope="module")
-def variables(state_dict):
-  return convert.convert_state_dict(state_dict)
-
-
-@pytest.fixture(scope="module")
-def images():
-  return np.random.default_rng(1).uniform(-1.0, 1.0, (2, SIDE, SIDE, 3)).astype(np.float32)
+# The network's fixtures, shared with its own tests (pytest finds fixtures imported by name).
+from tests.models.test_inception import SIDE, SMALL, fake_state_dict, images, state_dict, variables  # noqa: F401
 
 
 @pytest.fixture(scope="module")
