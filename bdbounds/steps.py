@@ -62,9 +62,9 @@ def data_noise_std(step, initial: float, num_steps: int) -> jax.Array:
 def make_train_step(game: objectives.Objectives, optimizers: dict, *, latent_dim: int, energy_steps: int,
                     generator_steps: int, ema_decay: float = 0.0, data_noise: float = 0.0, data_noise_steps: int = 0,
                     shard_batch: Callable = lambda x: x) -> Callable:
-  """Build the step of the game `game` (`objectives.make_objectives`). `shard_batch` constrains per-example arrays to the data axis; with
-  `ema_decay > 0` the state's `generator_ema` follows the generator's parameters; with
-  `data_noise > 0` the energy sees data plus annealed Gaussian noise (`data_noise_std`)."""
+  """Build the step of `game` (`objectives.make_objectives`). `shard_batch` constrains per-example
+  arrays to the data axis; with `ema_decay > 0` the state's `generator_ema` follows the generator's
+  parameters; with `data_noise > 0` the energy sees data plus annealed Gaussian noise (`data_noise_std`)."""
   settings = game.settings
   if energy_steps < 1 or generator_steps < 1:
     raise ValueError(f"training.energy_steps={energy_steps} and training.generator_steps={generator_steps} "

@@ -135,7 +135,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     check_workdir_config(config, workdir)
   step_fn = make_step_fn(exp, mesh)
   t = exp.train
-  evaluate = lambda state: evaluators.evaluate_and_write(evaluation, state, workdir, key=keys["eval"], writer=writer)
 
   with contextlib.ExitStack() as stack:  # the writer and the checkpointer close on every way out
     ckpt = stack.enter_context(checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -145,6 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
       logger.info("resumed from step %d", int(state.step))
     batch_fn = make_batch_fn(exp, mesh)
     writer = stack.enter_context(writers.MetricWriter(workdir))
+    evaluate = lambda state: evaluators.evaluate_and_write(evaluation, state, workdir, key=keys["eval"],
+                                                           writer=writer)
     first_step, report = int(state.step), None
     progress = stack.enter_context(_progress(t, first_step))
     stack.enter_context(logs.beside_progress_bars())

@@ -1,6 +1,8 @@
 """The diffusion bound on −log p(x) of the diffusion model the time-conditioned energy defines,
 on the test set; on images also in bits per dimension of the discrete pixels."""
 
+import functools
+
 import jax
 import numpy as np
 
@@ -25,8 +27,9 @@ def make_diffusion_nll(exp):
     return bounds.diffusion_nll_bound(lambda x, t: time_energy(energy_params, x, t), x, key=bound_key,
                                       num_t=exp.eval.diffusion_num_t, gamma_min=s.gamma_min, gamma_max=s.gamma_max)
 
-  terms_fns = {width: batched(jax.vmap(lambda p, x, k, w=width: one(p, x, k, w), in_axes=(None, 0, 0)),
-                                           exp.eval.batch_size) for width in _bin_widths(exp)}
+  # One batched function per bin width the data can have (continuous, and the images' own).
+  terms_fns = {width: batched(jax.vmap(functools.partial(one, bin_width=width), in_axes=(None, 0, 0)),
+                              exp.eval.batch_size) for width in _bin_widths(exp)}
 
   def diffusion_nll(energy_params, x, *, key, bin_width=None):
     terms = terms_fns[bin_width](x, jax.random.split(key, len(x)), shared=(energy_params,))

@@ -27,7 +27,8 @@ def format_report(report: dict, workdir: str) -> str:
   if "diffusion_nll_bound" in r:
     bpd = f"   = {r['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in r else ""
     lines.append(f"  diffusion NLL bound   {_pm(r, 'diffusion_nll_bound')} nats{bpd}   (recon "
-                 f"{r['diffusion_recon']:.3g}, prior {r['diffusion_prior']:.3g}, diffusion {r['diffusion_diffusion']:.4g})")
+                 f"{r['diffusion_recon']:.3g}, prior {r['diffusion_prior']:.3g}, "
+                 f"diffusion {r['diffusion_diffusion']:.4g})")
   if "fid" in r:
     lines.append(f"  FID {r['fid']:.3f}   IS {r['inception_score']:.3f} ± {r['inception_score_std']:.3f}   "
                  f"precision {r['precision']:.3f}   recall {r['recall']:.3f}   PRD F8 {r['prd_f8']:.3f} "
