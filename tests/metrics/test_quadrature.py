@@ -162,6 +162,172 @@ def test_nan_energy_is_not_converged():
 
 
 # ---------------------------------------------------------------------------
+# Probes: mass the grid does not resolve
+
+SPIKE_CENTRE = np.array([0.5, -0.3])
+SPIKE_STD = 2e-4  # far below any grid's cell (~0.08 at the resolution the smooth part needs)
+SPIKE_WEIGHT = 0.3
+
+
+def spike_mixture_energy(centre=SPIKE_CENTRE, std=SPIKE_STD, weight=SPIKE_WEIGHT):
+  """Energy of the normalised density (1 - weight) N(0, I) + weight N(centre, std^2 I): log Z = 0."""
+  centre = np.asarray(centre, dtype=np.float64)
+
+  def energy(x):
+    broad = -0.5 * jnp.sum(x**2, axis=-1) - LOG_2PI + math.log(1.0 - weight)
+    sq = jnp.sum((x - jnp.asarray(centre, x.dtype)) ** 2, axis=-1)
+    spike = -0.5 * sq / std**2 - math.log(2.0 * math.pi * std**2) + math.log(weight)
+    return -jnp.logaddexp(broad, spike)
+
+  return energy
+
+
+@pytest.fixture(scope="module")
+def broad_data():
+  return np.random.default_rng(0).standard_normal((2000, 2))
+
+
+def test_spike_between_grid_nodes_is_invisible_without_probes(broad_data):
+  # The blind spot probes are for: no node of any grid comes near the spike, so successive grids
+  # agree on the broad component alone and certify log(0.7) instead of 0.  Pinned so that a change
+  # here is noticed; nothing guarantees it (a node could land on the spike).
+  res = adaptive_log_partition(spike_mixture_energy(), broad_data)
+  assert res.converged
+  assert abs(res.log_z - math.log(1.0 - SPIKE_WEIGHT)) < 1e-3
+  assert res.refined_probes == 0 and res.probe_max_neg_energy == -math.inf and res.local_correction == 0.0
+
+
+def test_spike_at_a_probe_is_integrated(broad_data):
+  probes = np.concatenate([broad_data, SPIKE_CENTRE[None]])
+  res = adaptive_log_partition(spike_mixture_energy(), broad_data, probes=probes)
+  assert res.converged, res.reason
+  assert res.reason == ""
+  assert abs(res.log_z) < 1e-3
+  assert abs(res.log_z) <= res.error_estimate < 1e-3
+  # The plain grid misses the spike; the probe's -E towers over every node.
+  assert abs(res.history[-1][1] - math.log(1.0 - SPIKE_WEIGHT)) < 1e-3
+  assert res.local_correction == pytest.approx(res.log_z - res.history[-1][1])
+  assert res.probe_max_neg_energy > res.grid_max_neg_energy + 10.0
+  assert res.max_probe_excess > 10.0
+  assert res.refined_probes == 1 and res.refined_cells > 0
+
+
+def test_probes_clustered_in_the_spike_are_not_double_counted():
+  # Probes drawn from the mixture itself: ~600 of them inside the spike share the refined cells.
+  rng = np.random.default_rng(1)
+  in_spike = rng.uniform(size=2000) < SPIKE_WEIGHT
+  x = np.where(in_spike[:, None], SPIKE_CENTRE + SPIKE_STD * rng.standard_normal((2000, 2)),
+               rng.standard_normal((2000, 2)))
+  res = adaptive_log_partition(spike_mixture_energy(), x, probes=x)
+  assert res.converged, res.reason
+  assert abs(res.log_z) < 1e-3
+  assert res.refined_probes > 100
+
+
+@pytest.mark.parametrize("std", [2e-3, 2e-5])
+@pytest.mark.parametrize("offset", [0.0, 0.7])
+def test_spike_float64_follows_tol(broad_data, std, offset):
+  # A probe on the spike's flank (offset in spike widths) still leads to it; tol is followed.
+  probes = np.concatenate([broad_data, (SPIKE_CENTRE + offset * std)[None]])
+  with jax.enable_x64(True):
+    res = adaptive_log_partition(spike_mixture_energy(std=std), broad_data, probes=probes, tol=1e-4)
+  assert res.converged, res.reason
+  assert abs(res.log_z) <= res.error_estimate < 1e-4
+
+
+def test_spike_outside_the_box_at_a_probe(broad_data):
+  # The box (data +- 25%, tails of N(0, I)) ends near 5.5: a spike at (7, 7) lies beyond it,
+  # cut off from the box by negligible density, so only its probe can bring it in.  (Out there
+  # float32 resolves 2e-3, 40 times narrower than a cell, but not 2e-4: not converged then.)
+  energy = spike_mixture_energy(centre=(7.0, 7.0), std=2e-3)
+  assert abs(adaptive_log_partition(energy, broad_data).log_z - math.log(1.0 - SPIKE_WEIGHT)) < 1e-3
+  res = adaptive_log_partition(energy, broad_data, probes=np.concatenate([broad_data, [[7.0, 7.0]]]))
+  assert res.hi[0] < 7.0 and res.hi[1] < 7.0
+  assert res.converged, res.reason
+  assert abs(res.log_z) < 1e-3
+
+
+def test_spike_refinement_out_of_budget_is_not_converged(broad_data):
+  # Never certified wrong: with too few cells or levels to resolve the spike, converged=False.
+  probes = SPIKE_CENTRE[None]
+  for limits, match in [({"max_refine_cells": 500}, "max_refine_cells=500"), ({"max_refine_levels": 3}, "1 probes")]:
+    res = adaptive_log_partition(spike_mixture_energy(), broad_data, probes=probes, **limits)
+    assert not res.converged
+    assert match in res.reason and "local refinement stopped" in res.reason
+  # float32 cannot resolve a spike this narrow (5e-6) to 1e-3: the noise of its rounding exceeds tol.
+  res = adaptive_log_partition(spike_mixture_energy(std=5e-6), broad_data, probes=probes)
+  assert res.converged is False or abs(res.log_z) < 1e-3
+
+
+GAUSS_WEIGHTS = np.array([0.5, 0.3, 0.2])
+GAUSS_MEANS = np.array([[-1.0, 0.5], [1.5, -0.5], [0.0, 2.0]])
+GAUSS_STDS = np.array([0.6, 0.3, 1.0])
+
+
+def gauss_mixture_energy(x):
+  """Energy of a normalised mixture of three isotropic Gaussians: log Z = 0."""
+  sq = jnp.sum((x[:, None, :] - jnp.asarray(GAUSS_MEANS, x.dtype)) ** 2, axis=-1)
+  log_w = jnp.asarray(np.log(GAUSS_WEIGHTS / (2 * math.pi * GAUSS_STDS**2)), x.dtype)
+  return -jax.nn.logsumexp(-sq / (2 * jnp.asarray(GAUSS_STDS, x.dtype) ** 2) + log_w, axis=1)
+
+
+def test_smooth_mixture_with_probes_needs_no_refinement():
+  rng = np.random.default_rng(5)
+  k = rng.choice(3, size=5000, p=GAUSS_WEIGHTS)
+  x = GAUSS_MEANS[k] + GAUSS_STDS[k, None] * rng.standard_normal((5000, 2))
+  fake = 1.5 * rng.standard_normal((2000, 2))  # a poor generator: some samples beyond the box
+  plain = adaptive_log_partition(gauss_mixture_energy, x)
+  res = adaptive_log_partition(gauss_mixture_energy, x, probes=np.concatenate([x, fake]))
+  assert res.converged, res.reason
+  assert abs(res.log_z) < 1e-3
+  assert res.log_z == plain.log_z and res.resolution == plain.resolution
+  assert res.refined_probes == 0 and res.refined_cells == 0
+  assert res.max_probe_excess < 1.0  # the default probe_margin
+  assert res.probe_max_neg_energy <= res.grid_max_neg_energy + 1.0
+  assert res.error_estimate < plain.error_estimate + 1e-6  # probes beyond the box add next to nothing
+
+
+def test_sharp_modes_with_probes_need_no_refinement(modes_data):
+  res = adaptive_log_partition(modes_energy, modes_data, probes=modes_data)
+  assert res.converged, res.reason
+  assert abs(res.log_z - MODES_LOG_Z) < 1e-3
+  assert res.refined_probes == 0 and res.max_probe_excess < 1.0
+
+
+def test_forced_refinement_of_a_smooth_energy_keeps_its_accuracy():
+  # probe_margin=0 refines around probes that need nothing: the grid around the refined cells
+  # loses the midpoint rule's cancellation at their edge (2e-4 here), which the interface term restores.
+  with jax.enable_x64(True):
+    res = adaptive_log_partition(std_gaussian_energy, lo=(-1.0, -1.0), hi=(1.0, 1.0), tol=1e-5,
+                                 probes=[[0.3, 0.2], [-1.1, 0.4]], probe_margin=0.0)
+  assert res.refined_probes == 2 and res.refined_cells > 0
+  assert res.converged, res.reason
+  assert abs(res.log_z - LOG_2PI) <= res.error_estimate < 1e-5
+
+
+def test_not_converged_results_say_why(modes_data):
+  res = adaptive_log_partition(modes_energy, modes_data, max_resolution=128)
+  assert "max_resolution=128" in res.reason
+  flat = lambda x: jnp.zeros(x.shape[0])  # noqa: E731
+  assert "max_growths=4" in adaptive_log_partition(flat, lo=(-1.0, -1.0), hi=(1.0, 1.0), max_growths=4).reason
+  nan = lambda x: jnp.full(x.shape[0], jnp.nan)  # noqa: E731
+  assert "not finite" in adaptive_log_partition(nan, lo=(-1.0, -1.0), hi=(1.0, 1.0)).reason
+  # An energy that is nan only at a probe: the grid cannot vouch for it.
+  hole = lambda x: jnp.where(jnp.all(x == 0.25, axis=-1), jnp.nan, std_gaussian_energy(x))  # noqa: E731
+  res = adaptive_log_partition(hole, lo=(-1.0, -1.0), hi=(1.0, 1.0), probes=[[0.25, 0.25]])
+  assert not res.converged and "not finite at 1 of 1 probes" in res.reason
+
+
+def test_probes_are_validated():
+  with pytest.raises(ValueError, match="shape"):
+    adaptive_log_partition(std_gaussian_energy, lo=-1.0, hi=1.0, probes=np.zeros((3, 3)))
+  with pytest.raises(ValueError, match="non-finite"):
+    adaptive_log_partition(std_gaussian_energy, lo=-1.0, hi=1.0, probes=[[0.0, np.nan]])
+  res = adaptive_log_partition(std_gaussian_energy, lo=-1.0, hi=1.0, probes=np.zeros((0, 2)))
+  assert res.converged and res.refined_probes == 0
+
+
+# ---------------------------------------------------------------------------
 # KL, NLL, densities
 
 
