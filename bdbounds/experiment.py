@@ -184,8 +184,10 @@ def _dataset(config):
 
 
 def _modules(config, settings, data_shape):
-  """`(energy, generator, critic)` Linen modules; the energy is time-conditioned for the diffusion bound."""
+  """`(energy, generator, critic)` Linen modules; the energy is time-conditioned for the diffusion bound,
+  and the critic is the Gaussian encoder `log r(z | x)` for the Barber–Agakov estimator."""
   m = config.model
+  encoder_critic = settings.mi_estimator == "barber_agakov"
   for name in ("energy_hidden", "generator_hidden", "critic_hidden"):
     widths = m[name] if isinstance(m[name], (tuple, list)) else (m[name],)
     if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
@@ -197,11 +199,12 @@ def _modules(config, settings, data_shape):
               models.Energy(m.energy_hidden, m.activation, m.energy_base_std, m.energy_input_scale))
     generator = models.Generator(m.generator_hidden, data_shape[-1], m.activation, m.sigma_min, m.sigma_max,
                                  m.sigma_init, m.generator_input_scale)
-    return energy, generator, models.Critic(m.critic_hidden, m.activation)
+    critic = (models.GaussianEncoder if encoder_critic else models.Critic)(m.critic_hidden, m.activation)
+    return energy, generator, critic
   image = models.build_image_networks(
       m.arch, data_shape, width=m.width, act=m.activation, upsample=m.upsample,
       critic_hidden=m.critic_hidden, num_frequencies=m.time_frequencies, sigma_min=m.sigma_min,
-      sigma_max=m.sigma_max, sigma_init=m.sigma_init)
+      sigma_max=m.sigma_max, sigma_init=m.sigma_init, encoder_critic=encoder_critic)
   return (image.time_energy if settings.time_conditioned_energy else image.energy), image.generator, image.critic
 
 

@@ -182,6 +182,22 @@ def test_mutual_information_bound_signs(estimator, value_at_zero, x64):
   assert jax.grad(generator_loss)(zero_critic)["w"] < 0
 
 
+def test_barber_agakov_takes_the_critic_as_log_r_and_gives_per_example_terms(x64):
+  g, z = game(lower="mutual_info", mi_estimator="barber_agakov"), standard_latents()
+  conditional = 0.5 * D * np.log(2 * np.pi * np.e * 0.1**2)  # H(x | z) of x = G(z) + 0.1 ε
+  latent = 0.5 * D * np.log(2 * np.pi * np.e)                  # H(z) of N(0, I_D)
+  critic = {"w": jnp.asarray(0.5)}
+  bound = g.entropy_bound(generator_params(), critic, z, KEY)
+  # Per example H(z) + log r(z_i | x_i) + H(x | z), with the critic's value as log r.
+  expected = latent + 0.5 * jnp.sum(bound.x * z, axis=1) + conditional
+  np.testing.assert_allclose(bound.per_example, expected, rtol=1e-10)
+  np.testing.assert_allclose(bound.value, jnp.mean(expected), rtol=1e-10)
+  loss, terms = g.critic_loss(critic, generator_params(), z, KEY)
+  np.testing.assert_allclose(terms["mi_bound"], -loss, rtol=1e-10)
+  # x·z > 0 on average, so raising w raises E log r: the encoder's loss falls along w.
+  assert jax.grad(lambda c: g.critic_loss(c, generator_params(), z, KEY)[0])(critic)["w"] < 0
+
+
 def test_per_example_terms_average_to_the_batch_values(x64):
   x, z = data(), standard_latents()
   fake = jax.vmap(lambda z: NETS.generator(generator_params(0.9, 0.3), z))(z)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from bdbounds import bounds, evaluate, experiment, objectives, parallel, steps, train
+from bdbounds import bounds, evaluate, experiment, models, objectives, parallel, steps, train
 from configs import toy
 
 
@@ -53,8 +53,16 @@ def test_every_other_pairing_trains_a_few_finite_steps(lower, upper):
   check_pairing_trains(lower, upper)
 
 
-def check_pairing_trains(lower, upper):
-  config = smoke_config(("bounds.lower", lower), ("bounds.upper", upper), ("bounds.mi_estimator", "dv"))
+def test_the_barber_agakov_encoder_trains_a_few_finite_steps():
+  exp, state = check_pairing_trains("mutual_info", "none", mi_estimator="barber_agakov")
+  assert isinstance(exp.nets.critic.__self__, models.GaussianEncoder)
+  z = jax.random.normal(jax.random.PRNGKey(3), (8, exp.latent_dim))
+  bound = exp.game.entropy_bound(state.generator.params, state.critic.params, z, jax.random.PRNGKey(4))
+  assert bound.per_example.shape == (8,) and np.isfinite(bound.value)
+
+
+def check_pairing_trains(lower, upper, mi_estimator="dv"):
+  config = smoke_config(("bounds.lower", lower), ("bounds.upper", upper), ("bounds.mi_estimator", mi_estimator))
   exp = experiment.create_experiment(config)
   step = jax.jit(steps.make_train_step(exp.game, exp.optimizers, latent_dim=exp.latent_dim,
                                        energy_steps=1, generator_steps=1))
@@ -67,6 +75,7 @@ def check_pairing_trains(lower, upper):
   assert (state.critic is not None) == (lower == "mutual_info")
   expected = {"train/energy_gap", "train/generator/entropy", "train/energy/penalty", "train/nll_lower_bound"}
   assert expected <= set(metrics)
+  return exp, state
 
 
 def test_main_job_writes_the_output_contract(tmp_path, capsys):

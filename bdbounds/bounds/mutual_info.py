@@ -3,7 +3,8 @@
 For a noisy generator `x = G(z) + σ ε`, `H(x) = I(x; z) + H(x | z)` with
 `H(x | z) = (D/2) log(2πe σ²)`, so any lower bound on I is an entropy lower bound.
 Critic values come from joint pairs `(x_i, z_i)` and marginal pairs `(x_i, z_π(i))`,
-`π` a within-batch permutation. All functions return bound values, not losses.
+`π` a within-batch permutation; Barber–Agakov instead takes an encoder's `log r(z_i | x_i)`.
+All functions return bound values, not losses.
 """
 
 import math
@@ -43,6 +44,21 @@ def infonce_bound(scores: jax.Array) -> jax.Array:
   if scores.shape != (num, num):
     raise ValueError(f"scores must be square [K, K]; got {scores.shape}")
   return jnp.mean(jnp.diagonal(scores) - jax.nn.logsumexp(scores, axis=1)) + math.log(num)
+
+
+def barber_agakov_terms(log_r_joint: jax.Array, latent_dim: int) -> jax.Array:
+  """Per-example Barber–Agakov terms `H(z) + log r(z_i | x_i)` for `z ~ N(0, I_latent_dim)`.
+
+  For any conditional density `r`, `I = H(z) − H(z | x) ≥ H(z) + E_joint[log r(z | x)]` (Gibbs:
+  `E log p(z|x) ≥ E log r(z|x)`), tight at `r = p(z | x)`. The terms are i.i.d. over the batch, so
+  their mean is an unbiased estimate of the bound and their spread gives its standard error.
+  """
+  return 0.5 * latent_dim * math.log(2.0 * math.pi * math.e) + log_r_joint
+
+
+def barber_agakov_bound(log_r_joint: jax.Array, latent_dim: int) -> jax.Array:
+  """Barber–Agakov: `I ≥ H(z) + E_joint[log r(z | x)]`, the batch mean of `barber_agakov_terms`."""
+  return jnp.mean(barber_agakov_terms(log_r_joint, latent_dim))
 
 
 def jsd_mi_estimate(t_joint: jax.Array, t_marginal: jax.Array) -> jax.Array:

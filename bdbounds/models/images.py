@@ -1,7 +1,7 @@
 """Convolutional models for images in [-1, 1]: DCGAN and ResNet bodies, and the heads that
 give them the toy models' contracts.
 
-The architecture lives in two bodies per family, and the contract in four shared heads:
+The architecture lives in two bodies per family, and the contract in shared heads:
 
     DCGANDecoder, ResNetDecoder   z [d] -> image [H, W, C] in (-1, 1)
     DCGANTrunk, ResNetTrunk       image [H, W, C] (+ time features) -> features [F]
@@ -9,6 +9,7 @@ The architecture lives in two bodies per family, and the contract in four shared
     ConvEnergy(trunk)             x -> scalar, plus the Gaussian confinement term
     ConvTimeEnergy(trunk)         (x, t) -> scalar; t adds per-channel biases in every block
     ConvCritic(trunk)             (x, z) -> scalar
+    ConvGaussianEncoder(trunk)    (x, z) -> log r(z | x), a diagonal Gaussian (Barber–Agakov)
 
 Every call takes one example or any number of leading batch axes, and nothing couples the
 examples of a batch (no batch normalisation): the generator's Jacobian is computed per
@@ -24,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bdbounds.models.common import clamped_sigma, confinement, sigma_logit
-from bdbounds.models.toy import MLP
+from bdbounds.models.toy import MLP, diagonal_gaussian_log_density
 
 UPSAMPLING_MODES = ("nearest", "transpose", "pixel_shuffle")
 
@@ -310,13 +311,27 @@ class ConvCritic(nn.Module):
     return MLP(self.hidden, 1, self.act, name="head")(jnp.concatenate([self.trunk(x), z], axis=-1))
 
 
+class ConvGaussianEncoder(nn.Module):
+  """`log r(z | x)`, `r = N(μ(x), diag s(x)²)` from an MLP head on the trunk's features of x: the
+  Barber–Agakov encoder in the critic's slot, `(x, z) -> scalar`, as the toy `GaussianEncoder`."""
+  trunk: nn.Module
+  hidden: Sequence[int] = (256,)
+  act: str = "silu"
+  min_std: float = 1e-4
+
+  @nn.compact
+  def __call__(self, x, z):
+    outputs = MLP(self.hidden, 2 * z.shape[-1], self.act, name="head")(self.trunk(x))
+    return diagonal_gaussian_log_density(outputs, z, self.min_std)
+
+
 # --------------------------------------------------------------------------- lookup
 
 class ImageNetworks(NamedTuple):
   """The four players of one architecture, as unbound modules."""
   energy: ConvEnergy
   generator: ImageGenerator
-  critic: ConvCritic
+  critic: ConvCritic | ConvGaussianEncoder   # the encoder log r(z | x) with `encoder_critic`
   time_energy: ConvTimeEnergy
 
 
@@ -327,12 +342,14 @@ def build_image_networks(arch: str, image_shape: Sequence[int], *, width: int = 
                          act: str = "silu", upsample: str = "nearest",
                          base_std: float = IMAGE_BASE_STD, critic_hidden: Sequence[int] = (256,),
                          num_frequencies: int = 8, sigma_min: float = 0.01,
-                         sigma_max: float = 0.5, sigma_init: float = 0.1) -> ImageNetworks:
+                         sigma_max: float = 0.5, sigma_init: float = 0.1,
+                         encoder_critic: bool = False) -> ImageNetworks:
   """Energy, generator, critic and time-conditioned energy of `arch` ("dcgan" | "resnet").
 
   Each player gets its own trunk or decoder (nothing is shared between players). The latent
   dimension is whatever z the generator is initialised with. `upsample` applies to "dcgan";
-  the ResNet blocks upsample by nearest repetition only.
+  the ResNet blocks upsample by nearest repetition only. `encoder_critic` puts the Gaussian encoder
+  of the Barber–Agakov bound in the critic's slot.
   """
   if arch not in IMAGE_ARCHITECTURES:
     raise ValueError(f"unknown image architecture {arch!r}; choose one of {sorted(IMAGE_ARCHITECTURES)}")
@@ -349,5 +366,5 @@ def build_image_networks(arch: str, image_shape: Sequence[int], *, width: int = 
   return ImageNetworks(
       energy=ConvEnergy(trunk(), base_std=base_std),
       generator=ImageGenerator(decoder, sigma_min=sigma_min, sigma_max=sigma_max, sigma_init=sigma_init),
-      critic=ConvCritic(trunk(), hidden=tuple(critic_hidden), act=act),
+      critic=(ConvGaussianEncoder if encoder_critic else ConvCritic)(trunk(), hidden=tuple(critic_hidden), act=act),
       time_energy=ConvTimeEnergy(trunk(), num_frequencies=num_frequencies, base_std=base_std))

@@ -1,8 +1,11 @@
-"""Small MLPs for 2-D data: energy, generator (optionally noisy), critic, time-conditioned energy."""
+"""Small MLPs for 2-D data: energy, generator (optionally noisy), critic, Gaussian encoder,
+time-conditioned energy."""
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from bdbounds.models.common import clamped_sigma, confinement, sigma_logit
@@ -78,6 +81,33 @@ class Critic(nn.Module):
   @nn.compact
   def __call__(self, x, z):
     return MLP(self.hidden, 1, self.act)(jnp.concatenate([x, z], axis=-1))
+
+
+# softplus⁻¹(1): a fresh encoder's std is about 1, so r(z | x) starts near the prior N(0, I) and the
+# Barber–Agakov bound near 0, as a fresh critic's.
+_UNIT_STD_OFFSET = math.log(math.e - 1.0)
+
+
+def diagonal_gaussian_log_density(outputs, z, min_std):
+  """`log N(z; μ, diag s²)` from `outputs [..., 2d] = (μ, raw)`, `s = min_std + softplus(raw + offset)`:
+  smooth and positive, with a floor that keeps `log r` finite where the posterior is sharp."""
+  mean, raw = jnp.split(outputs, 2, axis=-1)
+  std = min_std + jax.nn.softplus(raw + _UNIT_STD_OFFSET)
+  return jnp.sum(-0.5 * jnp.square((z - mean) / std) - jnp.log(std) - 0.5 * math.log(2 * math.pi), axis=-1)
+
+
+class GaussianEncoder(nn.Module):
+  """`log r(z | x)` for the Barber–Agakov bound: `r = N(μ(x), diag s(x)²)` from an MLP on x.
+
+  Called as a critic, `(x, z) -> scalar`; d is read from z, so one module serves any latent size.
+  """
+  hidden: Sequence[int] = (100, 100)
+  act: str = "silu"
+  min_std: float = 1e-4
+
+  @nn.compact
+  def __call__(self, x, z):
+    return diagonal_gaussian_log_density(MLP(self.hidden, 2 * z.shape[-1], self.act)(x), z, self.min_std)
 
 
 class TimeEnergy(nn.Module):

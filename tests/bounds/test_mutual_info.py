@@ -1,4 +1,6 @@
-"""MI bounds on a linear-Gaussian generator with its closed-form optimal critic."""
+"""MI bounds on a linear-Gaussian generator with its closed-form optimal critic and posterior."""
+
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -9,28 +11,45 @@ import scipy.stats
 from bdbounds import bounds
 
 SIGMA = 0.5
+BATCH = 200       # the training batch size (configs/base.py)
+NUM_BATCHES = 1000
 
 
-@pytest.fixture
-def linear_gaussian(x64):
-  """x = A z + σ ε with z ~ N(0, I_2), x ∈ R³; the true I(x; z) and the optimal critic."""
+class Channel(NamedTuple):
+  true_mi: float
+  critic: Callable          # (x, z) -> T*(x, z) = log p(x | z) / p(x), the optimal DV / InfoNCE critic
+  posterior_mean: Callable  # x -> E[z | x]
+  posterior_cov: jax.Array  # Cov[z | x], the same for every x
+  sample: Callable          # (key, n) -> (x, z, a permutation of z)
+
+
+def linear_gaussian_channel(sigma) -> Channel:
+  """x = A z + σ ε with z ~ N(0, I_2), x ∈ R³, in closed form. The critic broadcasts over leading axes."""
   a = jnp.array([[1.0, 0.3], [-0.4, 0.8], [0.2, 0.5]])
-  true_mi = 0.5 * jnp.linalg.slogdet(jnp.eye(3) + a @ a.T / SIGMA**2)[1]
-  marginal_cov = a @ a.T + SIGMA**2 * jnp.eye(3)
+  true_mi = 0.5 * jnp.linalg.slogdet(jnp.eye(3) + a @ a.T / sigma**2)[1]
+  marginal_cov = a @ a.T + sigma**2 * jnp.eye(3)
+  # p(z | x) = N(Σ Aᵀx / σ², Σ) with Σ = (I + AᵀA/σ²)⁻¹.
+  posterior_cov = jnp.linalg.inv(jnp.eye(2) + a.T @ a / sigma**2)
+  mvn_logpdf = jax.scipy.stats.multivariate_normal.logpdf
 
   def critic(x, z):
     # T*(x, z) = log N(x; Az, σ²I) − log N(x; 0, AAᵀ + σ²I) = log p(x|z)/p(x).
-    cond = jax.scipy.stats.multivariate_normal.logpdf(x, a @ z, SIGMA**2 * jnp.eye(3))
-    marg = jax.scipy.stats.multivariate_normal.logpdf(x, jnp.zeros(3), marginal_cov)
-    return cond - marg
+    return mvn_logpdf(x, z @ a.T, sigma**2 * jnp.eye(3)) - mvn_logpdf(x, jnp.zeros(3), marginal_cov)
 
   def sample(key, n):
     kz, ke, kp = jax.random.split(key, 3)
     z = jax.random.normal(kz, (n, 2))
-    x = z @ a.T + SIGMA * jax.random.normal(ke, (n, 3))
+    x = z @ a.T + sigma * jax.random.normal(ke, (n, 3))
     return x, z, jax.random.permutation(kp, z)
 
-  return float(true_mi), jax.vmap(critic), sample
+  return Channel(float(true_mi), critic, lambda x: x @ a @ posterior_cov / sigma**2, posterior_cov, sample)
+
+
+@pytest.fixture
+def linear_gaussian(x64):
+  """The channel at σ = SIGMA: the true I(x; z), the optimal critic and a sampler."""
+  channel = linear_gaussian_channel(SIGMA)
+  return channel.true_mi, channel.critic, channel.sample
 
 
 def test_dv_and_nwj_reach_the_true_mi_with_the_optimal_critic(linear_gaussian):
@@ -106,3 +125,66 @@ def test_gaussian_conditional_entropy(dim, sigma, x64):
   expected = scipy.stats.multivariate_normal(np.zeros(dim), sigma**2 * np.eye(dim)).entropy() \
       if dim < 100 else dim * scipy.stats.norm(0, sigma).entropy()
   np.testing.assert_allclose(bounds.gaussian_conditional_entropy(dim, sigma), expected, rtol=1e-10)
+
+
+# --------------------------------------------------------------------------- batch size 200
+# At the training batch size, with the optimal critic or encoder, averaged over many batches.
+
+def mean_and_stderr(values):
+  return float(np.mean(values)), float(np.std(values) / np.sqrt(len(values)))
+
+
+def over_batches(estimate, seed):
+  """`estimate(key) -> tuple of scalars` on NUM_BATCHES independent keys: an array [len(tuple), NUM_BATCHES]."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), NUM_BATCHES)
+  return np.asarray(jax.jit(jax.vmap(estimate))(keys))
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.05])
+def test_at_batch_200_dv_overstates_the_mi_while_nwj_and_infonce_do_not(sigma, x64):
+  channel = linear_gaussian_channel(sigma)
+
+  def estimates(key):
+    x, z, _ = channel.sample(key, BATCH)
+    t_joint, t_marg = channel.critic(x, z), channel.critic(x, jnp.roll(z, 1, axis=0))  # a derangement
+    scores = channel.critic(x[:, None], z[None])
+    return (bounds.dv_bound(t_joint, t_marg), bounds.nwj_bound(t_joint + 1.0, t_marg + 1.0),
+            bounds.infonce_bound(scores))
+
+  dv, nwj, infonce = over_batches(estimates, seed=10)
+  (dv_mean, dv_se), (nwj_mean, nwj_se) = mean_and_stderr(dv), mean_and_stderr(nwj)
+  # Even with the optimal critic DV's plug-in sits above I (Jensen on the log of the marginal
+  # batch mean), so a generator would climb an "entropy lower bound" above its entropy.
+  assert dv_mean > channel.true_mi + 4 * dv_se
+  # NWJ is linear in the two expectations: its batch mean is unbiased for the bound, here I.
+  assert abs(nwj_mean - channel.true_mi) < 4 * nwj_se
+  # InfoNCE is a bound at every batch size, and never above log B.
+  assert np.all(infonce <= np.log(BATCH) + 1e-12) and np.mean(infonce) < channel.true_mi
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.05])
+def test_barber_agakov_is_the_mi_with_the_exact_posterior_and_below_it_with_any_other_encoder(sigma, x64):
+  channel = linear_gaussian_channel(sigma)
+  exact = channel.posterior_cov
+  # r(z | x) = N(shrink · E[z | x], cov): the exact posterior, its diagonal (the GaussianEncoder's
+  # family), a mean pulled towards 0, a 2× wider std, and the prior N(0, I).
+  encoders = [(1.0, exact), (1.0, jnp.diag(jnp.diag(exact))), (0.95, exact), (1.0, 4 * exact), (0.0, jnp.eye(2))]
+
+  def estimates(key):
+    x, z, _ = channel.sample(key, BATCH)
+    return tuple(bounds.barber_agakov_bound(jax.scipy.stats.multivariate_normal.logpdf(
+        z, shrink * channel.posterior_mean(x), cov), latent_dim=2) for shrink, cov in encoders)
+
+  for (shrink, cov), values in zip(encoders, over_batches(estimates, seed=20)):
+    mean, se = mean_and_stderr(values)
+    # The gap is E_x KL(p(z|x) ‖ r(z|x)); E[z|x] has covariance I − Σ since Cov z = I.
+    inv = np.linalg.inv(cov)
+    gap = 0.5 * (np.trace(inv @ exact) + (1 - shrink)**2 * np.trace(inv @ (np.eye(2) - exact)) - 2
+                 + np.linalg.slogdet(cov)[1] - np.linalg.slogdet(exact)[1])
+    assert abs(mean - (channel.true_mi - gap)) < 4 * se
+    if cov is exact and shrink == 1.0:
+      assert gap == pytest.approx(0.0, abs=1e-12)
+    else:  # Gibbs: any other encoder loses E KL > 0 (the diagonal one only ~0.003 nats here)
+      assert gap > 1e-3
+      if gap > 0.1:
+        assert mean < channel.true_mi - 4 * se
