@@ -2,8 +2,11 @@
 
 The game (docs/bounds.md): the generator and the critic MAXIMISE the NLL lower bound
 `E_data[E] − E_q[E] + H_lb(q)` (`nll_lower_bound`); the energy MINIMISES
-`E_data[E] − E_q[E] + λ·KL_ub`, or with importance weighting `E_data[E] + log Ẑ_K + λ·KL_ub`
-(`−E_q[E] + H(q)` replaced by the K-sample estimate of `log Z`, never smaller in expectation).
+`E_data[E] − E_q[E] + λ·KL_ub`, or with importance weighting `E_data[E] + log Ẑ + λ·KL_ub`
+(`−E_q[E] + H(q)` replaced by an importance estimate of `log Z`). `E log Ẑ ≤ log Z` always, so without
+the penalty that is a lower bound on the NLL; with the generator's K samples alone it is never below
+the Gibbs term, but pooled with defensive samples it can be, and then adding even the exact KL need
+not give an upper bound (docs/bounds.md §1.4): the importance phase is a better gradient, not a bound.
 
 `make_objectives` resolves the settings once into plain functions: an unknown name fails
 there, and the jitted step contains no string dispatch. Every loss is something an optimiser
@@ -22,7 +25,9 @@ from bdbounds import bounds
 
 LOWER_BOUNDS = ("jacobian", "jacobian_exact", "mutual_info")
 UPPER_BOUNDS = ("none", "latent_fisher", "score_matching", "r1", "diffusion")
-MI_ESTIMATORS = {"infonce": None, "dv": bounds.dv_bound, "nwj": bounds.nwj_bound}  # InfoNCE takes scores
+# InfoNCE takes the [B, B] scores; Barber–Agakov the encoder's log r(z_i | x_i), per-example terms.
+MI_ESTIMATORS = {"barber_agakov": bounds.barber_agakov_terms, "infonce": None, "dv": bounds.dv_bound,
+                 "nwj": bounds.nwj_bound}
 WEIGHT_SCHEDULES = ("constant", "adaptive")
 JACOBIAN_METHODS = ("dense", "lanczos", "lobpcg")
 
@@ -115,7 +120,7 @@ def importance_nll(energy_data, energies, log_q):
 class EntropyBound(NamedTuple):
   """`H_lb(q)` of a batch of latents, with the samples it was computed on."""
   value: jax.Array                # the batch's lower bound, differentiable in the generator's parameters
-  per_example: jax.Array | None   # [B] terms whose mean is `value`; None for a batch estimator (MI)
+  per_example: jax.Array | None   # [B] terms whose mean is `value`; None for a batch MI estimator (not BA)
   x: jax.Array                    # the generator's samples of those latents
 
 
@@ -151,6 +156,18 @@ def make_upper_weight(settings: BoundSettings) -> Callable:
   return lambda step: jnp.asarray(settings.upper_weight, jnp.float32)
 
 
+# The log-Sobolev constant a weight λ stands for (docs/bounds.md §4.7): the θ-term λ·penalty is
+# C_z·pen for latent_fisher (pen = ½ FI_z), (C/2)(FI − J(q)) for score_matching, and the C·E‖∇E‖²
+# of KL ≤ C·J(q) + C·E_q‖∇E‖² for r1.
+LSI_CONSTANT_PER_WEIGHT = {"latent_fisher": 1.0, "score_matching": 2.0, "r1": 1.0}
+
+
+def lsi_constant(settings: BoundSettings, weight) -> float | None:
+  """The constant C (C_z for latent_fisher) that training's weight λ assumes; None outside the log-Sobolev family."""
+  factor = LSI_CONSTANT_PER_WEIGHT.get(settings.upper)
+  return None if factor is None else factor * float(weight)
+
+
 def make_half_logdet(settings: BoundSettings) -> Callable:
   """`(generator_fn, z, key, with_output=False)`: per-example `½ log det JᵀJ` (jacobian_exact) or its
   singular-value lower bound (jacobian), and `G(z)` from the same forward pass `with_output`."""
@@ -179,22 +196,27 @@ def make_objectives(settings: BoundSettings, nets: Networks) -> Objectives:
     estimator = MI_ESTIMATORS[settings.mi_estimator]
 
     def mi_bound(critic_params, x, z, key):
+      """`(I_lb, its per-example terms)`; the terms are None for a batch estimator."""
       critic = lambda x, z: nets.critic(critic_params, x, z)
+      if estimator is bounds.barber_agakov_terms:  # the critic slot holds the encoder log r(z | x)
+        terms = estimator(jax.vmap(critic)(x, z), z.shape[-1])
+        return jnp.mean(terms), terms
       if estimator is None:  # InfoNCE: the [B, B] score matrix, joint pairs on the diagonal
-        return bounds.infonce_bound(jax.vmap(lambda xi: jax.vmap(lambda zj: critic(xi, zj))(z))(x))
-      return estimator(jax.vmap(critic)(x, z), jax.vmap(critic)(x, _derangement(key, z)))
+        return bounds.infonce_bound(jax.vmap(lambda xi: jax.vmap(lambda zj: critic(xi, zj))(z))(x)), None
+      return estimator(jax.vmap(critic)(x, z), jax.vmap(critic)(x, _derangement(key, z))), None
 
     def entropy_bound(gen_params, critic_params, z, key):
       _, eps_key, mi_key = jax.random.split(key, 3)
       x = sample_fake(gen_params, z, eps_key)
-      info = mi_bound(critic_params, x, z, mi_key)
-      return EntropyBound(info + bounds.gaussian_conditional_entropy(x[0].size, nets.sigma(gen_params)), None, x)
+      info, info_terms = mi_bound(critic_params, x, z, mi_key)
+      conditional = bounds.gaussian_conditional_entropy(x[0].size, nets.sigma(gen_params))
+      return EntropyBound(info + conditional, None if info_terms is None else info_terms + conditional, x)
 
     def critic_loss(critic_params, gen_params, z, key):
       """The critic maximises the same MI lower bound on fixed generator samples."""
       eps_key, mi_key = jax.random.split(key)
       x = jax.lax.stop_gradient(sample_fake(gen_params, z, eps_key))
-      info = mi_bound(critic_params, x, z, mi_key)
+      info, _ = mi_bound(critic_params, x, z, mi_key)
       return -info, {"mi_bound": info, "loss": -info}
   else:
     critic_loss = None

@@ -44,7 +44,7 @@ def get_config():
   c.bounds.jacobian_method = "dense"           # s_min solver: dense (exact, small d) | lanczos | lobpcg
   c.bounds.jacobian_num_iters = 10             # Krylov / LOBPCG iterations for the matrix-free solvers
   c.bounds.jacobian_k = 1                      # number of smallest singular values in the bound
-  c.bounds.mi_estimator = "dv"                 # MI lower bound for the noisy generator: dv | nwj | infonce (O(B²) critic calls)
+  c.bounds.mi_estimator = "barber_agakov"      # MI lower bound, noisy generator: barber_agakov (a Gaussian encoder r(z|x) as the critic) | nwj | infonce (≤ log B; O(B²) critic calls) | dv (its batch plug-in over-states I)
   c.bounds.num_probes = 1                      # Hutchinson / latent-Fisher probe vectors per example
   c.bounds.diffusion_num_t = 4                 # diffusion times per example (stratified)
   c.bounds.gamma_min = -13.3                   # γ at t = 0 (log-SNR = −γ)
@@ -70,7 +70,7 @@ def get_config():
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 10_000                  # evaluation cadence (and at the last step)
-  c.eval.evaluators = "auto"                   # comma-separated: bound_terms, density (2-D quadrature), diffusion_nll, sample_quality, samples; auto: every one that applies
+  c.eval.evaluators = "auto"                   # comma-separated: bound_terms, upper_bound, density (2-D quadrature), diffusion_nll, sample_quality, samples; auto: every one that applies
   c.eval.num_samples = 2_000                   # generator samples per plot and energy statistics
   c.eval.grid_size = 64                        # images: samples in the PNG grid
   c.eval.quadrature_tol = 1e-3                 # target change of log Z under grid refinement (nats)

@@ -307,6 +307,28 @@ def test_markdown_and_csv_on_synthetic_results():
   assert toy_sweep.results_markdown([]).startswith("# Toy sweep")
 
 
+def test_the_upper_bound_table_counts_where_each_bound_held():
+  def with_upper(result, *, game, certified, trained=None, implied=None, floor=None):
+    result.update(game_nll_upper_bound=game, game_upper_bound_held=result["nll"] <= game,
+                  game_upper_bound_status="conditional", nll_upper_bound=certified, upper_bound_status="certified",
+                  lsi_constant_trained=trained, lsi_constant_implied=implied, lsi_constant_lower=floor)
+    return result
+  results = [with_upper(fake_result("8gaussians", "jacobian", "r1", 0, kl=0.2), game=3.5, certified=3.2,
+                        trained=0.01, implied=0.3, floor=1.0),   # NLL 3.0: both held
+             with_upper(fake_result("8gaussians", "jacobian", "r1", 1, kl=0.4), game=3.0, certified=3.1,
+                        trained=0.01, implied=0.5, floor=1.2),   # NLL 3.2: neither held
+             with_upper(fake_result("8gaussians", "jacobian", "none", 0), game=2.0, certified=3.5),
+             fake_result("8gaussians", "jacobian", "diffusion", 0, error="NonFiniteError: x")]
+  summary = toy_sweep.upper_bound_summary(results)
+  assert set(summary) == {"r1", "none"}  # the diverged run has no report
+  r1 = summary["r1"]
+  assert (r1["held"], r1["runs"], r1["certified_held"], r1["certified_runs"]) == (1, 2, 1, 2)
+  assert r1["lsi_constant_implied"] == pytest.approx(0.4) and r1["lsi_constant_lower"] == pytest.approx(1.1)
+  assert (summary["none"]["held"], summary["none"]["lsi_constant_trained"]) == (0, None)
+  md = toy_sweep.results_markdown(results)
+  assert "| r1 | conditional | 1/2 | 1/2 | 0.010 | 0.400 | — | 1.100 |" in md
+
+
 def test_figures_from_synthetic_results(tmp_path):
   results = synthetic_results()
   # A density grid for one run; the others show as missing or diverged panels.

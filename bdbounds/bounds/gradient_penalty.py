@@ -10,6 +10,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from bdbounds.bounds.importance import generator_log_density_and_score
+
 
 def _flat_energy(energy_fn: Callable, x: jax.Array):
   """The energy as a function of the flattened example, and that flat example."""
@@ -83,3 +85,21 @@ def latent_fisher_penalty(energy_fn: Callable, generator_fn: Callable, z: jax.Ar
   # vᵀJᵀ∇E(x) is the derivative of E at x along Jv: one jvp of the energy per probe.
   directional = jax.vmap(lambda t: jax.jvp(energy_fn, (x,), (t,))[1])(tangents)
   return 0.5 * jnp.mean(jnp.square(directional - probes @ latent_score))
+
+
+def generator_fisher_terms(energy_fn: Callable, generator_fn: Callable, z: jax.Array):
+  """`(‖∇_x log q + ∇E‖², ‖∇_z(log q∘G + E∘G)‖², log q(G(z)), sign det J)` at ONE latent of a
+  square generator (d = D, so q has a density): the integrands of the ambient and the latent
+  relative Fisher information, whose means over z bound `KL(q ‖ p_θ)` under LSI(C) as
+  `(C/2)·FI` and `(C_z/2)·FI_z`.
+
+  `∇_z log q(G(z)) = Jᵀ ∇_x log q(G(z))` (chain rule), so the ambient score solves `Jᵀ s_x = s_z`,
+  and the latent integrand is `‖Jᵀ(s_x + ∇E)‖²`. Where G folds (a sign change of det J across
+  latents) the change-of-variables density counts one preimage and is not q's.
+  """
+  log_q, score_z, x = generator_log_density_and_score(generator_fn, z)
+  jac = jax.jacfwd(generator_fn)(z)
+  grad_e = jax.grad(energy_fn)(x)
+  score_x = jnp.linalg.solve(jac.T, score_z)
+  return (jnp.sum(jnp.square(score_x + grad_e)), jnp.sum(jnp.square(score_z + jac.T @ grad_e)), log_q,
+          jnp.sign(jnp.linalg.det(jac)))

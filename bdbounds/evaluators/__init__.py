@@ -3,6 +3,7 @@ measures one thing, with its jitted parts taking parameters as arguments; `eval.
 names which run (default `auto`: every one that applies to the experiment).
 
   bound_terms     energies, the entropy and NLL lower bounds, the upper-bound penalty (every run)
+  upper_bound     the entropy and KL upper bounds and the game's NLL upper bound with its status (every run)
   density         2-D data: log Z by quadrature, the exact test NLL, KL(p_data ‖ p_θ), the figure
   diffusion_nll   time-conditioned energies: the diffusion NLL bound (images: bits per dimension)
   sample_quality  images: FID, IS, precision/recall and PRD in the configured feature network
@@ -23,6 +24,8 @@ from bdbounds.evaluators.common import (EvalInputs, Shared, create_inputs, make_
 from bdbounds.evaluators.density import make_density
 from bdbounds.evaluators.diffusion import make_diffusion_evaluator, make_diffusion_nll
 from bdbounds.evaluators.report import format_report
+from bdbounds.evaluators.sandwich import assemble
+from bdbounds.evaluators.upper_bound import make_upper_bound
 from bdbounds.evaluators.samples import create_feature_net, make_sample_grid, make_sample_quality
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ class Spec(NamedTuple):
 
 EVALUATORS = {
     "bound_terms": Spec(make_bound_terms, lambda exp: True, ""),
+    "upper_bound": Spec(make_upper_bound, lambda exp: True, ""),
     "density": Spec(make_density, lambda exp: exp.is_toy, "2-D data"),
     "diffusion_nll": Spec(make_diffusion_evaluator, lambda exp: exp.settings.time_conditioned_energy,
                           "a time-conditioned energy (bounds.upper='diffusion')"),
@@ -70,8 +74,7 @@ def make_evaluation(exp) -> Callable:
       part, image = evaluator(state, inputs)
       report.update(part)
       figure = image if image is not None else figure
-    if "nll" in report and "nll_lower_bound" in report:
-      report["sandwich_gap"] = report["nll"] - report["nll_lower_bound"]
+    report.update(assemble(report, exp.settings))
     return report, figure
   return evaluate
 
@@ -96,5 +99,5 @@ def evaluate_and_write(evaluation: Callable, state, workdir: str, *, key, writer
 
 __all__ = ["EVALUATORS", "EvalInputs", "Shared", "create_feature_net", "create_inputs", "evaluate_and_write",
            "evaluator_names", "format_report", "make_bound_terms", "make_density", "make_diffusion_evaluator",
-           "make_diffusion_nll", "make_evaluation", "make_sample_grid", "make_sample_quality", "make_shared",
+           "make_diffusion_nll", "make_evaluation", "make_sample_grid", "make_upper_bound", "make_sample_quality", "make_shared",
            "mean_stderr", "sampling_params", "step_key"]

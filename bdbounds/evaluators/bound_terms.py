@@ -12,8 +12,8 @@ from bdbounds.evaluators.common import mean_stderr
 def make_bound_terms(exp, shared):
   """`(state, inputs) -> (report, None)`: each mean with its standard error over the examples.
 
-  The entropy bound of the noisy generator (mutual information) is a batch estimator with no
-  per-example split, so it and the NLL lower bound carry no standard error there.
+  The entropy bound of the noisy generator is a batch estimator with no per-example split except
+  for Barber–Agakov, so with the others it and the NLL lower bound carry no standard error.
   """
   game = exp.game
 

@@ -13,7 +13,7 @@ class EvalInputs(NamedTuple):
   test: np.ndarray      # test examples for the energy statistics (2-D: sampled; images: the first ones)
   fake: jax.Array       # samples of the training generator
   z: jax.Array          # their latents
-  keys: dict            # one key per use: "bounds", "diffusion", "quality", "samples"
+  keys: dict            # one key per use: "bounds", "certified", "diffusion", "quality", "samples"
 
 
 class Shared(NamedTuple):
@@ -55,6 +55,7 @@ def create_inputs(exp, shared: Shared, state, key) -> EvalInputs:
     n = min(exp.eval.num_samples, exp.eval.num_test, exp.dataset.num_test)
     test = exp.dataset.test_images(n)
     keys = {"bounds": bound_key, "diffusion": diffusion_key, "quality": quality_key, "samples": sample_key}
+  keys["certified"] = jax.random.fold_in(key, 1)  # added later: folded in, so the split above is unchanged
   fake, z = shared.sample(state.generator.params, sample_key, n)
   return EvalInputs(int(state.step), test, fake, z, keys)
 

@@ -16,7 +16,8 @@ def format_report(report: dict, workdir: str) -> str:
     lines.append(f"  test NLL (exact)      {_pm(r, 'nll')} nats   log Z = {r['log_z']:.4f} "
                  f"(quadrature error {r['quadrature_error']:.1e}, {r['quadrature_resolution']}² grid)")
     if not r["quadrature_converged"]:
-      lines.append("  WARNING: the quadrature did not converge; log Z and the NLL above are not reliable")
+      lines.append(f"  WARNING: the quadrature did not converge ({r.get('quadrature_reason') or 'no reason given'}); "
+                   "log Z and the NLL above are not reliable")
     if "kl_data_model" in r:
       lines.append(f"  KL(p_data ‖ p_θ)      {r['kl_data_model']:.4f} nats   (data entropy {r['test_entropy']:.4f})")
     if "nll_lower_bound" in r:
@@ -24,6 +25,17 @@ def format_report(report: dict, workdir: str) -> str:
                    f"   (gap {r['sandwich_gap']:.4f})")
   elif "nll_lower_bound" in r:
     lines.append(f"  NLL lower bound       {_pm(r, 'nll_lower_bound')} nats")
+  if "nll_upper_bound" in r:
+    lines.append(f"  NLL upper bound       {_pm(r, 'nll_upper_bound')} nats   {r['upper_bound_status']}: "
+                 f"{r['upper_bound_assumption']}")
+  if "game_nll_upper_bound" in r and r.get("upper_bound_status") == "certified":
+    held = {True: "holds", False: "FAILS"}.get(r.get("game_upper_bound_held"), "")
+    lines.append(f"  the game's upper bound {_pm(r, 'game_nll_upper_bound')} nats {held}   "
+                 f"{r['game_upper_bound_status']}: {r['game_upper_bound_assumption']}")
+  if "lsi_constant_implied" in r and "lsi_constant_trained" in r:
+    lines.append(f"  log-Sobolev constant  trained C = {r['lsi_constant_trained']:.3g}   needed C* = 2·KL/FI = "
+                 f"{r['lsi_constant_implied']:.3g} (latent {r['latent_lsi_constant_implied']:.3g})   "
+                 f"any valid C ≥ {r['lsi_constant_lower']:.3g} (Poincaré)   KL(q ‖ p_θ) {r['kl_generator_model']:.4f}")
   if "diffusion_nll_bound" in r:
     bpd = f"   = {r['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in r else ""
     lines.append(f"  diffusion NLL bound   {_pm(r, 'diffusion_nll_bound')} nats{bpd}   (recon "

@@ -35,6 +35,14 @@ Measures per run (`result.json`, one row of `results.csv`):
                        first (it includes compilation)
   energy_gap_curve     steps and `train/energy_gap` (E_data[E] − E_q[E] on the training batch)
   wall_s               wall time of the run: training, evaluation and the density grid
+  nll_upper_bound, upper_bound_status      the report's upper bound (2-D: the certified χ² bound)
+  game_nll_upper_bound, game_upper_bound_status, game_upper_bound_held
+                       the pairing's own upper bound, its status, and whether exact NLL ≤ it
+  lsi_constant_trained, lsi_constant_implied, latent_lsi_constant_implied, lsi_constant_lower
+                       log-Sobolev pairings: the constant λ stands for, the constant C* = 2·KL/FI
+                       this q needed (where q's density is exact), and the Poincaré floor under any
+                       valid constant of p_θ (docs/bounds.md §4.9)
+  kl_generator_model, fold_fraction        exact KL(q ‖ p_θ) and the fraction of latents where G folds
 
 Collapse. A run has collapsed when its test NLL is at least ½ log det(2πe Σ), the NLL of the
 moment-matched Gaussian N(μ_data, Σ_data) (μ, Σ from 100 000 data samples). Since
@@ -96,9 +104,13 @@ REFERENCE_SAMPLES = 100_000  # data samples for the collapse reference and the p
 DENSITY_FILE = "density.npz"
 
 MEASURES = ("kl_data_model", "nll", "sandwich_gap")
+UPPER_MEASURES = ("nll_upper_bound", "game_nll_upper_bound", "lsi_constant_trained", "lsi_constant_implied",
+                  "latent_lsi_constant_implied", "lsi_constant_lower", "kl_generator_model", "fold_fraction")
+UPPER_FLAGS = ("upper_bound_status", "game_upper_bound_status", "game_upper_bound_held")
 CSV_COLUMNS = ("dataset", "lower", "upper", "seed", "num_steps", "status", "converged", "diverged", "collapsed",
                "kl_data_model", "nll", "sandwich_gap", "nll_lower_bound", "test_entropy", "reference_nll",
-               "quadrature_converged", "last_step", "seconds_per_step", "wall_s", "error")
+               *UPPER_MEASURES, *UPPER_FLAGS, "quadrature_converged", "last_step", "seconds_per_step", "wall_s",
+               "error")
 
 
 def create_config(spec: RunSpec, num_steps: int, extra: Mapping[str, Any] = (), config_file: str = DEFAULT_CONFIG):
@@ -142,8 +154,9 @@ def summarize_run(spec: RunSpec, *, num_steps: int, report: Mapping | None, reco
   result = runner.run_measures(spec, num_steps=num_steps, records=records, error=error, wall_s=wall_s)
   result.update({"status": "diverged" if diverged else "collapsed" if collapsed else "converged",
                  "converged": not diverged and not collapsed, "diverged": diverged, "collapsed": collapsed})
-  for k in (*MEASURES, "nll_lower_bound", "test_entropy"):
+  for k in (*MEASURES, *UPPER_MEASURES, "nll_lower_bound", "test_entropy"):
     result[k] = report.get(k) if tables.is_finite(report.get(k)) else None
+  result.update({k: report.get(k) for k in UPPER_FLAGS})
   result.update(reference_nll=reference_nll, quadrature_converged=report.get("quadrature_converged"))
   return result
 
@@ -233,6 +246,44 @@ def _stability_markdown(results: Sequence[Mapping]) -> list[str]:
           "lower bound only.", "", *tables.markdown_table(["data set", *uppers], rows, "l" + "r" * len(uppers))]
 
 
+def upper_bound_summary(results: Sequence[Mapping]) -> dict:
+  """`{upper: row}` over the runs that did not diverge: how often the game's upper bound held
+  (exact NLL ≤ it), its statuses, how often the certified bound held, and the medians of the
+  log-Sobolev constants (trained, implied C*, Poincaré floor)."""
+  summary = {}
+  for upper in UPPER_BOUNDS:
+    runs = [r for r in results if r["upper"] == upper and not r["diverged"] and r.get("game_upper_bound_held")
+            is not None]
+    if not runs:
+      continue
+    median = lambda k: (float(np.median(v)) if (v := [r[k] for r in runs if tables.is_finite(r.get(k))]) else None)
+    certified = [r for r in runs if r.get("upper_bound_status") == "certified"]
+    summary[upper] = {
+        "runs": len(runs), "held": sum(bool(r["game_upper_bound_held"]) for r in runs),
+        "statuses": ", ".join(sorted({r["game_upper_bound_status"] for r in runs})),
+        "certified_held": sum(r["nll"] <= r["nll_upper_bound"] for r in certified), "certified_runs": len(certified),
+        **{k: median(k) for k in ("lsi_constant_trained", "lsi_constant_implied", "latent_lsi_constant_implied",
+                                  "lsi_constant_lower")}}
+  return summary
+
+
+def _upper_bounds_markdown(results: Sequence[Mapping]) -> list[str]:
+  summary = upper_bound_summary(results)
+  if not summary:
+    return []
+  num = lambda x: tables.format_number(x, 3) if x is not None else "—"
+  rows = [[upper, row["statuses"], f"{row['held']}/{row['runs']}", f"{row['certified_held']}/{row['certified_runs']}",
+           num(row["lsi_constant_trained"]), num(row["lsi_constant_implied"]),
+           num(row["latent_lsi_constant_implied"]), num(row["lsi_constant_lower"])] for upper, row in summary.items()]
+  return ["", "## Upper bounds: how often they held", "",
+          "Runs that did not diverge. **held**: exact NLL ≤ the pairing's own upper bound (`game_nll_upper_bound`); "
+          "**certified held**: exact NLL ≤ the χ² bound. Medians over runs of the log-Sobolev constant training's "
+          "λ stands for, the constant C* = 2·KL/FI the generator's q needed (ambient; latent for latent_fisher's "
+          "reading), and the Poincaré floor under any valid constant of p_θ (docs/bounds.md §4.9).", "",
+          *tables.markdown_table(["upper", "status", "held", "certified held", "C trained", "C* ambient",
+                                  "C* latent", "C floor"], rows, "llrrrrrr")]
+
+
 def results_markdown(results: Sequence[Mapping]) -> str:
   """The sweep's report: per data set × pairing, the stability table, and the runs that raised."""
   results = list(results)
@@ -272,6 +323,7 @@ def results_markdown(results: Sequence[Mapping]) -> str:
               *tables.markdown_table(["lower", "upper", "KL", "NLL", "sandwich gap", "converged", "ms/step"], cells,
                                      "llrrrrr")]
   lines += _stability_markdown(results)
+  lines += _upper_bounds_markdown(results)
   lines += tables.diverged_runs_markdown(results)
   return "\n".join(lines) + "\n"
 

@@ -232,3 +232,4 @@ def density_on_grid(
   for rows, _, log_p, _ in _model_log_density_rows(energy_fn, log_z, lo_a, hi_a, resolution, chunk_size):
     out[rows] = log_p.reshape(-1, resolution)
   return xs, ys, out
+

@@ -17,11 +17,11 @@ def toy_experiment(**eval_overrides):
 
 
 def test_auto_runs_every_evaluator_that_applies():
-  assert evaluators.evaluator_names(toy_experiment()) == ("bound_terms", "density")
+  assert evaluators.evaluator_names(toy_experiment()) == ("bound_terms", "upper_bound", "density")
   config = digits.get_config("smoke")
   config.bounds.upper = "diffusion"
   assert evaluators.evaluator_names(experiment.create_experiment(config)) == (
-      "bound_terms", "diffusion_nll", "sample_quality", "samples")
+      "bound_terms", "upper_bound", "diffusion_nll", "sample_quality", "samples")
 
 
 @pytest.mark.parametrize("names, match", [("bound_terms,nosuch", "names 'nosuch'; choose from"),
