@@ -51,29 +51,45 @@ def synthetic_dataset(shape, num=512) -> ImageDataset:
   return ImageDataset("synthetic", tuple(shape), num, num, False, read, read, "uniform noise")
 
 
-def time_pairing(config, lower: str, upper: str, num_steps: int) -> tuple[float, float]:
-  with config.unlocked():
-    config.bounds.lower, config.bounds.upper = lower, upper
-  shape = IMAGE_SHAPES[config.data.name] or (config.data.image_size,) * 2 + (1,)
-  exp = experiment.create_experiment(config, dataset=synthetic_dataset(shape))
+def compiled_step(config, dataset=None):
+  """`(run, compile_s)`: the trainer's step for `config` compiled on its first batch, and `run(n)`,
+  which times `n` more steps (batch made beforehand, `block_until_ready`) and returns their seconds."""
+  exp = experiment.create_experiment(config, dataset=dataset)
   mesh = parallel.create_mesh()
   step = train.make_step_fn(exp, mesh)
-  state = jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(mesh))
   batch_fn = train.make_batch_fn(exp, mesh)
   key = jax.random.PRNGKey(1)
+  box = {"state": jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(mesh)), "i": 0}
   start = time.perf_counter()
-  state, metrics = step(state, batch_fn(0), key)
+  box["state"], metrics = step(box["state"], batch_fn(0), key)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
-  times = []
-  for i in range(1, num_steps + 1):
-    batch = batch_fn(i)
-    jax.block_until_ready(batch)
-    start = time.perf_counter()
-    state, metrics = step(state, batch, key)
-    jax.block_until_ready(state.step)
-    times.append(time.perf_counter() - start)
-  return config.training.batch_size / float(np.median(times)), compile_s
+
+  def run(num_steps: int) -> list[float]:
+    times = []
+    for _ in range(num_steps):
+      box["i"] += 1
+      batch = batch_fn(box["i"])
+      jax.block_until_ready(batch)
+      start = time.perf_counter()
+      box["state"], _ = step(box["state"], batch, key)
+      jax.block_until_ready(box["state"].step)
+      times.append(time.perf_counter() - start)
+    return times
+  return run, compile_s
+
+
+def image_dataset_for(config) -> ImageDataset:
+  """Synthetic batches of the config's image shape."""
+  return synthetic_dataset(IMAGE_SHAPES[config.data.name] or (config.data.image_size,) * 2 + (1,))
+
+
+def time_pairing(config, lower: str, upper: str, num_steps: int) -> tuple[float, float]:
+  """`(images per second, compile seconds)` of one pairing's step."""
+  with config.unlocked():
+    config.bounds.lower, config.bounds.upper = lower, upper
+  run, compile_s = compiled_step(config, image_dataset_for(config))
+  return config.training.batch_size / float(np.median(run(num_steps))), compile_s
 
 
 def main():

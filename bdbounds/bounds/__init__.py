@@ -6,8 +6,8 @@ Every inequality is derived in docs/bounds.md and checked against closed forms i
 
 from bdbounds.bounds.channel_entropy import gaussian_channel_entropy_bounds
 from bdbounds.bounds.diffusion import DiffusionBound, diffusion_nll_bound, sample_times
-from bdbounds.bounds.gradient_penalty import (generator_fisher_terms, laplacian, latent_fisher_penalty, lsi_kl_upper_bound,
-                                              r1_penalty, score_matching_term)
+from bdbounds.bounds.gradient_penalty import (generator_fisher_terms, laplacian, latent_fisher_penalty,
+                                              lsi_kl_upper_bound, r1_penalty, score_matching_term)
 from bdbounds.bounds.importance import (chi2_log_partition_bound, data_kernel_log_density, data_kernel_proposal,
                                         generator_log_density, generator_log_density_and_score, histogram_log_density,
                                         histogram_proposal, importance_log_partition)
@@ -19,11 +19,12 @@ from bdbounds.bounds.mutual_info import (barber_agakov_bound, barber_agakov_term
                                          mine_dv_surrogate, nwj_bound, update_log_ema)
 
 __all__ = [
-    "barber_agakov_bound", "barber_agakov_terms",
-    "DiffusionBound", "EigResult", "chi2_log_partition_bound", "data_kernel_log_density", "data_kernel_proposal", "diffusion_nll_bound", "dv_bound",
-    "gaussian_channel_entropy_bounds", "gaussian_conditional_entropy", "generator_fisher_terms", "generator_log_density", "generator_log_density_and_score",
-    "half_logdet_exact", "histogram_log_density", "histogram_proposal", "half_logdet_with_gradient", "importance_log_partition", "infonce_bound", "jsd_mi_estimate",
-    "jtj_eigs", "jtj_matvec", "lanczos_smallest", "laplacian", "latent_fisher_penalty",
-    "lobpcg_smallest", "logdet_lower_bound", "lsi_kl_upper_bound", "mine_dv_surrogate",
-    "nwj_bound", "r1_penalty", "sample_times", "score_matching_term", "update_log_ema",
+    "DiffusionBound", "EigResult", "barber_agakov_bound", "barber_agakov_terms", "chi2_log_partition_bound",
+    "data_kernel_log_density", "data_kernel_proposal", "diffusion_nll_bound", "dv_bound",
+    "gaussian_channel_entropy_bounds", "gaussian_conditional_entropy", "generator_fisher_terms",
+    "generator_log_density", "generator_log_density_and_score", "half_logdet_exact",
+    "half_logdet_with_gradient", "histogram_log_density", "histogram_proposal", "importance_log_partition",
+    "infonce_bound", "jsd_mi_estimate", "jtj_eigs", "jtj_matvec", "lanczos_smallest", "laplacian",
+    "latent_fisher_penalty", "lobpcg_smallest", "logdet_lower_bound", "lsi_kl_upper_bound",
+    "mine_dv_surrogate", "nwj_bound", "r1_penalty", "sample_times", "score_matching_term", "update_log_ema",
 ]

@@ -99,5 +99,5 @@ def evaluate_and_write(evaluation: Callable, state, workdir: str, *, key, writer
 
 __all__ = ["EVALUATORS", "EvalInputs", "Shared", "create_feature_net", "create_inputs", "evaluate_and_write",
            "evaluator_names", "format_report", "make_bound_terms", "make_density", "make_diffusion_evaluator",
-           "make_diffusion_nll", "make_evaluation", "make_sample_grid", "make_upper_bound", "make_sample_quality", "make_shared",
-           "mean_stderr", "sampling_params", "step_key"]
+           "make_diffusion_nll", "make_evaluation", "make_sample_grid", "make_sample_quality", "make_shared",
+           "make_upper_bound", "mean_stderr", "sampling_params", "step_key"]

@@ -1,8 +1,7 @@
-"""The bound terms: energies on test data and generator samples, the entropy lower bound, the NLL
-lower bound `E_data[E] − E_q[E] + H_lb(q)` and the unweighted upper-bound penalty."""
+"""The lower side: energies on test data and generator samples, the entropy lower bound and the NLL
+lower bound `E_data[E] − E_q[E] + H_lb(q)`."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bdbounds import objectives
@@ -21,11 +20,6 @@ def make_bound_terms(exp, shared):
   def entropy(gen_params, critic_params, z, key):
     bound = game.entropy_bound(gen_params, critic_params, z, key)
     return bound.value, bound.per_example
-
-  @jax.jit
-  def penalty(energy_params, gen_params, x_data, x_fake, z, key):
-    values = game.upper_penalties(energy_params, gen_params, x_data, x_fake, z, key)
-    return jnp.mean(values), values
 
   def evaluate(state, inputs):
     energy_params, gen_params = state.energy.params, state.generator.params
@@ -46,9 +40,5 @@ def make_bound_terms(exp, shared):
       report["entropy_lower_bound_stderr"] = mean_stderr(entropy_terms)[1]
       paired = np.asarray(entropy_terms, np.float64) - energy_fake
       report["nll_lower_bound_stderr"] = float(np.hypot(report["energy_data_stderr"], mean_stderr(paired)[1]))
-    value, values = penalty(energy_params, gen_params, jnp.asarray(inputs.test[:len(inputs.fake)]), inputs.fake,
-                            inputs.z, key)
-    report["upper_penalty"] = float(value)
-    report["upper_penalty_stderr"] = mean_stderr(values)[1]
     return report, None
   return evaluate

@@ -35,7 +35,8 @@ def format_report(report: dict, workdir: str) -> str:
   if "lsi_constant_implied" in r and "lsi_constant_trained" in r:
     lines.append(f"  log-Sobolev constant  trained C = {r['lsi_constant_trained']:.3g}   needed C* = 2·KL/FI = "
                  f"{r['lsi_constant_implied']:.3g} (latent {r['latent_lsi_constant_implied']:.3g})   "
-                 f"any valid C ≥ {r['lsi_constant_lower']:.3g} (Poincaré)   KL(q ‖ p_θ) {r['kl_generator_model']:.4f}")
+                 f"any valid C ≥ {r['lsi_constant_lower']:.3g} (Poincaré)   "
+                 f"KL(q ‖ p_θ) {r['kl_generator_model']:.4f}")
   if "diffusion_nll_bound" in r:
     bpd = f"   = {r['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in r else ""
     lines.append(f"  diffusion NLL bound   {_pm(r, 'diffusion_nll_bound')} nats{bpd}   (recon "
@@ -47,7 +48,8 @@ def format_report(report: dict, workdir: str) -> str:
                  f"F1/8 {r['prd_f1_8']:.3f}   ({r['fid_num_samples']} samples vs {r['fid_num_reference']} "
                  f"{r['feature_net']} references)")
   if "energy_data" in r:
+    penalty = f"   upper-bound penalty {r['upper_penalty']:.4g}" if "upper_penalty" in r else ""
     lines.append(f"    E_data[E] {r['energy_data']:.4f}   E_q[E] {r['energy_fake']:.4f}   "
-                 f"H_lb(q) {r['entropy_lower_bound']:.4f}   upper-bound penalty {r['upper_penalty']:.4g}")
+                 f"H_lb(q) {r['entropy_lower_bound']:.4f}{penalty}")
   lines.append(f"  plots in {os.path.join(workdir, 'plots')}, numbers in {os.path.join(workdir, 'eval')}")
   return "\n".join(lines)

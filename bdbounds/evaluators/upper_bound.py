@@ -26,7 +26,8 @@ JACOBIAN_OUTPUTS_PER_BATCH = 4096  # generator outputs per batch of dense Jacobi
 
 
 def make_upper_bound(exp, shared):
-  """`(state, inputs) -> (report, None)`: `entropy_upper_bound`, `kl_upper_bound`, `game_nll_upper_bound`
+  """`(state, inputs) -> (report, None)`: `upper_penalty` (the training term, unweighted), `upper_weight`,
+  `entropy_upper_bound`, `kl_upper_bound`, `game_nll_upper_bound`
   (each ± stderr), `game_upper_bound_status` and `_assumption`; with an exact generator density also
   `relative_fisher`, `latent_relative_fisher`, `generator_cross_entropy` (E_q[log q + E]) and
   `fold_fraction`."""
@@ -88,7 +89,11 @@ def make_upper_bound(exp, shared):
                                                   np.float64)
     report["entropy_upper_bound"], report["entropy_upper_bound_stderr"] = mean_stderr(entropy_terms)
 
-    # The KL's upper side, per generator sample where it has one.
+    # The training penalty itself, unweighted, as the energy's loss sees it (0 for none and diffusion's
+    # data term per example), then the KL's upper side per generator sample where it has one.
+    values = np.asarray(penalties(energy_params, gen_params, jnp.asarray(inputs.test[:len(inputs.fake)]),
+                                  inputs.fake, inputs.z, inputs.keys["bounds"]), np.float64)
+    report["upper_penalty"], report["upper_penalty_stderr"] = mean_stderr(values)
     status = "conditional"
     if s.upper == "diffusion":
       return report, None  # its upper bound is the diffusion evaluator's (sandwich.assemble)
@@ -100,12 +105,10 @@ def make_upper_bound(exp, shared):
       notes.insert(0, _lsi_assumption(s, constant, weight))
     else:
       sigma_term = dim / float(nets.sigma(gen_params)) ** 2 if s.noisy_generator else None  # J(q) ≤ D/σ²
-      if s.upper == "r1":
-        values = np.asarray(fake_grad_norms(energy_params, inputs.fake), np.float64)
-        kl_terms = constant * (values + (sigma_term or 0.0))
+      if s.upper == "r1":  # the bound needs ‖∇E‖² where q is, not on data where r1 trains it
+        grad_norms = np.asarray(fake_grad_norms(energy_params, inputs.fake), np.float64)
+        kl_terms = constant * (grad_norms + (sigma_term or 0.0))
       else:
-        values = np.asarray(penalties(energy_params, gen_params, jnp.asarray(inputs.test[:len(inputs.fake)]),
-                                      inputs.fake, inputs.z, inputs.keys["bounds"]), np.float64)
         kl_terms = (constant * values if s.upper == "latent_fisher"
                     else 0.5 * constant * (values + (sigma_term or 0.0)))
       if s.upper == "latent_fisher" or s.noisy_generator:

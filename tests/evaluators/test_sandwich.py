@@ -16,7 +16,7 @@ SIGMA = np.array([[0.8, 0.3], [0.3, 0.5]])   # p_θ = N(0, Σ): LSI constant λ_
 SHIFT, SCALE = np.array([0.4, -0.2]), np.array([[0.7, 0.1], [-0.2, 0.6]])   # q = N(m, L Lᵀ) by G(z) = m + L z
 
 
-def gaussian_experiment(upper: str, data: str = "8gaussians", energy=None):
+def gaussian_experiment(upper: str, data: str = "8gaussians", energy=None, generator=None):
   """A 2-D experiment whose energy is N(0, Σ)'s (or `energy(params, x)`) and whose generator is affine,
   all else from the smoke config: every field of the report has a closed form."""
   config = toy.get_config(f"{data},smoke")
@@ -25,7 +25,7 @@ def gaussian_experiment(upper: str, data: str = "8gaussians", energy=None):
     config.eval.num_samples = 4000
   exp = experiment.create_experiment(config)
   nets = exp.nets._replace(energy=energy or (lambda p, x: 0.5 * x @ p["precision"] @ x),
-                           generator=lambda p, z: p["shift"] + p["scale"] @ z)
+                           generator=generator or (lambda p, z: p["shift"] + p["scale"] @ z))
   exp = exp._replace(nets=nets, game=objectives.make_objectives(exp.settings, nets))
   state = exp.init_state(jax.random.PRNGKey(0))
   state = state.replace(energy=state.energy.replace(params={"precision": jnp.asarray(np.linalg.inv(SIGMA))}),
@@ -107,6 +107,15 @@ def test_a_spike_where_the_generator_samples_is_integrated():
   assert report["quadrature_refined_probes"] > 0
   assert abs(report["log_z"]) < 1e-2 or not report["quadrature_converged"]
   assert report["log_z_upper_bound"] >= -3 * report["log_z_upper_bound_stderr"]
+
+
+def test_a_folding_generator_is_reported():
+  """G(z) = (z₁, z₂² − 1) folds along z₂ = 0 (det J = 2 z₂ changes sign): half the latents lie on the
+  minority side, and the game's assumption says the density there counts one preimage."""
+  exp, state = gaussian_experiment("latent_fisher", generator=lambda p, z: jnp.stack([z[0], z[1] ** 2 - 1.0]))
+  report, _ = evaluators.make_evaluation(exp)(state, key=jax.random.PRNGKey(6))
+  assert abs(report["fold_fraction"] - 0.5) < 0.05
+  assert "folds at" in report["game_upper_bound_assumption"]
 
 
 PAIRINGS = [(lower, upper) for lower in ("jacobian", "jacobian_exact", "mutual_info")
