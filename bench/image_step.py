@@ -9,40 +9,21 @@ same script runs on any machine; the models, bounds and step are exactly the tra
 """
 
 import argparse
-import ast
-import importlib.util
 import itertools
 import os
 import sys
-import time
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # for `configs`
+sys.path.insert(0, os.path.dirname(__file__))                      # for `stepping`
 
-from bdbounds import experiment, objectives, parallel, train  # noqa: E402
+from bdbounds import objectives  # noqa: E402
 from bdbounds.data import ImageDataset  # noqa: E402
+from stepping import StepInfo, compiled_step, load_config  # noqa: E402
 
 IMAGE_SHAPES = {"digits": None, "mnist": (32, 32, 1), "cifar10": (32, 32, 3), "celeba64": (64, 64, 3)}
-
-
-def load_config(path: str, overrides: list[str]):
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("")
-  with config.unlocked():  # values as Python literals where they parse, else strings
-    config.update_from_flattened_dict({key: _literal(value) for key, value in
-                                       (item.split("=", 1) for item in overrides)})
-  return config
-
-
-def _literal(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
 
 
 def synthetic_dataset(shape, num=512) -> ImageDataset:
@@ -51,45 +32,24 @@ def synthetic_dataset(shape, num=512) -> ImageDataset:
   return ImageDataset("synthetic", tuple(shape), num, num, False, read, read, "uniform noise")
 
 
-def compiled_step(config, dataset=None):
-  """`(run, compile_s)`: the trainer's step for `config` compiled on its first batch, and `run(n)`,
-  which times `n` more steps (batch made beforehand, `block_until_ready`) and returns their seconds."""
-  exp = experiment.create_experiment(config, dataset=dataset)
-  mesh = parallel.create_mesh()
-  step = train.make_step_fn(exp, mesh)
-  batch_fn = train.make_batch_fn(exp, mesh)
-  key = jax.random.PRNGKey(1)
-  box = {"state": jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(mesh)), "i": 0}
-  start = time.perf_counter()
-  box["state"], metrics = step(box["state"], batch_fn(0), key)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - start
-
-  def run(num_steps: int) -> list[float]:
-    times = []
-    for _ in range(num_steps):
-      box["i"] += 1
-      batch = batch_fn(box["i"])
-      jax.block_until_ready(batch)
-      start = time.perf_counter()
-      box["state"], _ = step(box["state"], batch, key)
-      jax.block_until_ready(box["state"].step)
-      times.append(time.perf_counter() - start)
-    return times
-  return run, compile_s
-
-
 def image_dataset_for(config) -> ImageDataset:
   """Synthetic batches of the config's image shape."""
   return synthetic_dataset(IMAGE_SHAPES[config.data.name] or (config.data.image_size,) * 2 + (1,))
 
 
-def time_pairing(config, lower: str, upper: str, num_steps: int) -> tuple[float, float]:
-  """`(images per second, compile seconds)` of one pairing's step."""
+def time_pairing(config, lower: str, upper: str, num_steps: int) -> tuple[float, float, StepInfo]:
+  """`(images per second, seconds per step, StepInfo)` of one pairing's step."""
   with config.unlocked():
     config.bounds.lower, config.bounds.upper = lower, upper
-  run, compile_s = compiled_step(config, image_dataset_for(config))
-  return config.training.batch_size / float(np.median(run(num_steps))), compile_s
+  run, info = compiled_step(config, image_dataset_for(config))
+  seconds = float(np.median(run(num_steps)))
+  return config.training.batch_size / seconds, seconds, info
+
+
+def peak_memory_mb() -> float | None:
+  """The accelerator's peak bytes in use so far (GPU/TPU runtimes report it; CPU does not)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
 
 
 def main():
@@ -98,16 +58,23 @@ def main():
   parser.add_argument("--pairs", nargs="*", help="lower:upper pairs (default: all)")
   parser.add_argument("--steps", type=int, default=10, help="timed steps per pairing")
   parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value, e.g. training.batch_size=128")
+  parser.add_argument("--peak-tflops", type=float, help="the device's peak rate at the step's precision, for the "
+                                                         "utilisation column (e.g. 67 for an H100's float32)")
   args = parser.parse_args()
   pairs = ([tuple(p.split(":")) for p in args.pairs] if args.pairs
            else list(itertools.product(objectives.LOWER_BOUNDS, objectives.UPPER_BOUNDS)))
   config = load_config(args.config, args.set)
   print(f"devices: {jax.devices()}  config {args.config}  batch {config.training.batch_size}  "
         f"{config.model.arch} width {config.model.width}  latent {config.model.latent_dim}\n")
-  print("| lower | upper | images/s | compile (s) |\n|---|---|---:|---:|")
+  print("| lower | upper | images/s | GFLOP/step | GFLOP/s | utilisation | step memory (MB) | peak so far (MB) "
+        "| compile (s) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
   for lower, upper in pairs:
-    rate, compile_s = time_pairing(config, lower, upper, args.steps)
-    print(f"| {lower} | {upper} | {rate:.1f} | {compile_s:.1f} |", flush=True)
+    rate, seconds, info = time_pairing(config, lower, upper, args.steps)
+    achieved = info.gflop / seconds
+    utilisation = f"{100 * achieved / (1e3 * args.peak_tflops):.1f} %" if args.peak_tflops else "—"
+    peak = peak_memory_mb()
+    print(f"| {lower} | {upper} | {rate:.1f} | {info.gflop:.1f} | {achieved:.0f} | {utilisation} | "
+          f"{info.memory_mb:.0f} | {'—' if peak is None else f'{peak:.0f}'} | {info.compile_s:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,11 @@ import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))                         # image_step
+sys.path.insert(0, os.path.dirname(__file__))                         # image_step, stepping
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))    # configs
 
 import image_step  # noqa: E402
+from stepping import compiled_step, load_config  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DEFAULT_PYTHON = os.path.expanduser("~/.cache/ebm-bb-venv/bin/python")
@@ -85,10 +86,9 @@ def main():
   for name in args.workloads:
     script, config_file, overrides = WORKLOADS[name]
     iters, warmup, steps = ITERATIONS[name]
-    config = image_step.load_config(os.path.join(ROOT, config_file), overrides + args.set)
+    config = load_config(os.path.join(ROOT, config_file), overrides + args.set)
     dataset = image_step.image_dataset_for(config) if name != "toy" else None
-    run, _ = image_step.compiled_step(config, dataset)
-    run(1)  # warm
+    run, _ = compiled_step(config, dataset)
     ratios = []
     for round_ in range(1, args.rounds + 1):
       original = run_original(args.original, args.python, script, iters, warmup, args.threads)

@@ -19,9 +19,11 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # for `configs`
+sys.path.insert(0, os.path.dirname(__file__))                      # for `stepping`
 
-from bdbounds import experiment, objectives, parallel, train  # noqa: E402
+from bdbounds import objectives  # noqa: E402
 from configs import toy  # noqa: E402
+from stepping import compiled_step  # noqa: E402
 
 
 def time_pairing(lower: str, upper: str, num_steps: int, preset: str) -> tuple[float, float, float]:
@@ -29,27 +31,8 @@ def time_pairing(lower: str, upper: str, num_steps: int, preset: str) -> tuple[f
   config = toy.get_config(preset)
   with config.unlocked():
     config.bounds.lower, config.bounds.upper = lower, upper
-  exp = experiment.create_experiment(config)
-  mesh = parallel.create_mesh()
-  step = train.make_step_fn(exp, mesh)
-  state = jax.device_put(exp.init_state(jax.random.PRNGKey(0)), parallel.replicated(mesh))
-  batch_fn = train.make_batch_fn(exp, mesh)
-  key = jax.random.PRNGKey(1)
-  batches = [batch_fn(i) for i in range(num_steps + 1)]
-  start = time.perf_counter()
-  step = step.lower(state, batches[0], key).compile()
-  compile_s = time.perf_counter() - start
-  cost = step.cost_analysis()
-  gflop = float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", float("nan"))) / 1e9
-  state, metrics = step(state, batches[0], key)
-  jax.block_until_ready(metrics)
-  times = []
-  for batch in batches[1:]:
-    start = time.perf_counter()
-    state, metrics = step(state, batch, key)
-    jax.block_until_ready(state.step)
-    times.append(time.perf_counter() - start)
-  return float(np.median(times)) * 1e3, gflop, compile_s
+  run, info = compiled_step(config)
+  return float(np.median(run(num_steps))) * 1e3, info.gflop, info.compile_s
 
 
 def matmul_gflops(repeats: int = 2000) -> float:
