@@ -33,7 +33,9 @@ RECORDS = [{"step": 5, "train/energy_gap": 0.5, "train/seconds_per_step": 2.0}, 
 def fake_result(lower, upper, seed, *, fid=40.0, error=None, bits_per_dim=None):
   spec = grid.RunSpec("digits", lower, upper, seed)
   report = None if error else {"fid": fid, "inception_score": 6.0 + seed, "precision": 0.3, "recall": 0.6,
-                               "prd_f8": 0.9, "prd_f1_8": 0.8, "nll_lower_bound": -3.0, "energy_data": -1.0}
+                               "prd_f8": 0.9, "prd_f1_8": 0.8, "nll_lower_bound": -3.0, "energy_data": -1.0,
+                               "nll_upper_bound": 2.0, "upper_bound_status": "estimate" if upper == "none"
+                               else "conditional"}
   if report and bits_per_dim is not None:
     report["bits_per_dim"] = bits_per_dim
   return image_sweep.summarize_run(spec, num_steps=15, report=report, records=RECORDS, error=error, wall_s=9.0)
@@ -136,6 +138,8 @@ def test_tables_give_mean_and_std_over_the_finished_seeds_and_list_the_diverged(
   rows = [line for line in md.splitlines() if line.startswith("| jacobian") or line.startswith("| mutual_info")]
   assert rows[0].startswith("| jacobian + none | 72.0 ± 2.8 | 6.50 ± 0.71 |") and "| 2/3 |" in rows[0]
   assert rows[1].startswith("| mutual_info + latent_fisher | 32.0 ± 2.8 |") and "| 2/2 | 40.0 |" in rows[1]
+  assert "| -3.0 ± 0.0 | 2.0 ± 0.0 | estimate | 2/3 |" in rows[0]  # both sides, and what the upper one is
+  assert "| conditional | 2/2 |" in rows[1]
   assert "## Diverged runs" in md and "| digits | jacobian+none | 2 | 15 | NonFiniteError: nan at step 9 |" in md
   table = list(csv.DictReader(io.StringIO(image_sweep.results_csv(results))))
   assert [(r["lower"] + "+" + r["upper"], r["seed"]) for r in table] == [

@@ -27,6 +27,9 @@ Measures per run (`result.json`, one row of `results.csv`), from the final evalu
   bits_per_dim     diffusion pairings only: the diffusion bound on the test set
   nll_lower_bound  E_data[E] − E_q[E] + H_lb(q) on a test batch (unnormalised: the energy's
                    log Z is unknown on images, so it ranks nothing across runs)
+  nll_upper_bound, upper_bound_status   the evaluation's upper bound on the same scale, and what
+                   it is: conditional (on an LSI constant, or the diffusion model's marginals) or an
+                   estimate (docs/bounds.md §1.5)
   diverged         training stopped on a non-finite loss or gradient, raised anything else
                    (`error`), or a measure of the final evaluation is not finite
   seconds_per_step, wall_s, energy_gap_curve   as in `toy_sweep`
@@ -62,13 +65,13 @@ GRID_SAMPLES = 16   # samples per pairing in samples.png
 SAMPLES_FILE = "samples.npy"
 
 MEASURES = ("fid", "inception_score", "precision", "recall", "prd_f8", "prd_f1_8", "bits_per_dim",
-            "nll_lower_bound")
-CSV_COLUMNS = ("dataset", "lower", "upper", "seed", "num_steps", "status", "diverged", *MEASURES,
+            "nll_lower_bound", "nll_upper_bound")
+CSV_COLUMNS = ("dataset", "lower", "upper", "seed", "num_steps", "status", "diverged", *MEASURES, "upper_bound_status",
                "last_step", "seconds_per_step", "wall_s", "error")
 # Markdown columns: measure, header, digits.
 COLUMNS = (("fid", "FID", 1), ("inception_score", "IS", 2), ("precision", "precision", 2),
            ("recall", "recall", 2), ("prd_f8", "PRD F8", 2), ("prd_f1_8", "PRD F1/8", 2),
-           ("bits_per_dim", "bits/dim", 2))
+           ("bits_per_dim", "bits/dim", 2), ("nll_lower_bound", "NLL lower", 1), ("nll_upper_bound", "NLL upper", 1))
 
 
 class ImageConfig(NamedTuple):
@@ -112,6 +115,7 @@ def summarize_run(spec: RunSpec, *, num_steps: int, report: Mapping | None, reco
   result = runner.run_measures(spec, num_steps=num_steps, records=records, error=error, wall_s=wall_s)
   result.update(status="diverged" if diverged else "finished", diverged=diverged)
   result.update({k: report[k] if tables.is_finite(report.get(k)) else None for k in MEASURES})
+  result["upper_bound_status"] = report.get("upper_bound_status")
   return result
 
 
@@ -171,13 +175,16 @@ def results_markdown(results: Sequence[Mapping]) -> str:
            "runs of each run's median step time (compilation left out)."]
   rows = aggregate(results)
   for dataset in tables.order(results)[0]:
+    statuses = lambda row: ", ".join(sorted({r["upper_bound_status"] for r in results if r.get("upper_bound_status")
+                                             and (r["dataset"], r["lower"], r["upper"]) == (dataset, row["lower"],
+                                                                                           row["upper"])})) or "—"
     cells = [[f"{row['lower']} + {row['upper']}",
               *(tables.format_mean_std(row[f"{k}_mean"], row[f"{k}_std"], digits) for k, _, digits in COLUMNS),
-              f"{row['finished']}/{row['runs']}", tables.format_number(row["ms_per_step"], 1)]
+              statuses(row), f"{row['finished']}/{row['runs']}", tables.format_number(row["ms_per_step"], 1)]
              for row in rows if row["dataset"] == dataset]
     lines += ["", f"## {dataset}", "",
-              *tables.markdown_table(["lower + upper", *(c[1] for c in COLUMNS), "finished", "ms/step"], cells,
-                                     "l" + "r" * (len(COLUMNS) + 2))]
+              *tables.markdown_table(["lower + upper", *(c[1] for c in COLUMNS), "upper bound", "finished",
+                                      "ms/step"], cells, "l" + "r" * len(COLUMNS) + "lrr")]
   lines += tables.diverged_runs_markdown(results)
   return "\n".join(lines) + "\n"
 
