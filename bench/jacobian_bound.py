@@ -17,14 +17,16 @@ SVD many times slower than it should be; `OPENBLAS_NUM_THREADS=1` avoids that.
 
 import argparse
 import os
-import statistics
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from bdbounds import bounds
+
+sys.path.insert(0, os.path.dirname(__file__))  # for `stepping`
+from stepping import median_seconds  # noqa: E402
 
 LATENT_DIM = 128
 BASE_CHANNELS = 256
@@ -81,13 +83,7 @@ def generator(params, *, upsample="nearest"):
 
 def time_ms(fn, *args, repeats):
   """Median wall time of a jitted call in ms; the first (compiling, warm-up) call is excluded."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+  return 1e3 * median_seconds(fn, *args, repeats=repeats)
 
 
 def rel(estimate, reference):

@@ -18,7 +18,6 @@ contains energy and penalty), so they do not add up to the step.
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))                      # for `steppi
 
 from bdbounds import bounds, experiment  # noqa: E402
 from image_step import image_dataset_for  # noqa: E402
-from stepping import compiled_step, load_config  # noqa: E402
+from stepping import compiled_step, load_config, median_seconds  # noqa: E402
 
 
 def time_compiled(fn, args, repeats: int) -> tuple[float, float]:
@@ -37,13 +36,7 @@ def time_compiled(fn, args, repeats: int) -> tuple[float, float]:
   compiled = jax.jit(fn).lower(*args).compile()
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times)), float(cost.get("flops", float("nan"))) / 1e9
+  return median_seconds(compiled, *args, repeats=repeats), float(cost.get("flops", float("nan"))) / 1e9
 
 
 def parts(exp, state, x_data, z, key):

@@ -3,6 +3,7 @@ ahead of time with its cost, ready to time."""
 
 import ast
 import importlib.util
+import statistics
 import time
 from typing import NamedTuple
 
@@ -27,6 +28,17 @@ def _literal(text: str):
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):
     return text
+
+
+def median_seconds(fn, *args, repeats: int) -> float:
+  """Median wall time of `fn(*args)` over `repeats` calls after one warm-up call, `block_until_ready`."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
 
 
 class StepInfo(NamedTuple):

@@ -25,6 +25,8 @@ def format_report(report: dict, workdir: str) -> str:
                    f"   (gap {r['sandwich_gap']:.4f})")
   elif "nll_lower_bound" in r:
     lines.append(f"  NLL lower bound       {_pm(r, 'nll_lower_bound')} nats")
+  if r.get("lower_bound_status") == "estimate":
+    lines.append(f"  NOTE: the NLL lower bound is an estimate here: {r['lower_bound_assumption']}")
   if "nll_upper_bound" in r:
     lines.append(f"  NLL upper bound       {_pm(r, 'nll_upper_bound')} nats   {r['upper_bound_status']}: "
                  f"{r['upper_bound_assumption']}")
