@@ -183,6 +183,14 @@ def _dataset(config):
   raise ConfigError(f"unknown data set data.name={d.name!r}; choose one of {TOY_DATASETS + IMAGE_DATASETS}")
 
 
+def _strided_conv(name: str, settings) -> str:
+  """`auto`: the stride-2 convolutions as patches where training differentiates the energy twice (XLA's
+  CPU convolution is slow there, bench/README.md), XLA's convolution elsewhere (a little faster)."""
+  if name == "auto":
+    return "patches" if settings.differentiates_energy_gradient else "xla"
+  return name
+
+
 def _modules(config, settings, data_shape):
   """`(energy, generator, critic)` Linen modules; the energy is time-conditioned for the diffusion bound,
   and the critic is the Gaussian encoder `log r(z | x)` for the Barber–Agakov estimator."""
@@ -204,7 +212,8 @@ def _modules(config, settings, data_shape):
   image = models.build_image_networks(
       m.arch, data_shape, width=m.width, act=m.activation, upsample=m.upsample,
       critic_hidden=m.critic_hidden, num_frequencies=m.time_frequencies, sigma_min=m.sigma_min,
-      sigma_max=m.sigma_max, sigma_init=m.sigma_init, encoder_critic=encoder_critic)
+      sigma_max=m.sigma_max, sigma_init=m.sigma_init, encoder_critic=encoder_critic,
+      strided_conv=_strided_conv(m.strided_conv, settings))
   return (image.time_energy if settings.time_conditioned_energy else image.energy), image.generator, image.critic
 
 

@@ -83,6 +83,12 @@ class BoundSettings:
     return self.upper == "diffusion"
 
   @property
+  def differentiates_energy_gradient(self) -> bool:
+    """The energy's loss holds its input gradient (R1, score matching, the diffusion denoiser
+    σ∇E), so training differentiates the energy twice."""
+    return self.upper in ("r1", "score_matching", "diffusion")
+
+  @property
   def exact_latent_score(self) -> bool:
     """The latent score `∇_z[−log q(G(z))]` from the dense Jacobian (small d): the `d·log s_min`
     surrogate's gradient jumps where singular values cross, which makes the penalty erratic."""

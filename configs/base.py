@@ -19,6 +19,7 @@ def get_config():
   c.model.latent_dim = 2                       # generator latent dimension d
   c.model.width = 64                           # conv models: base channel width
   c.model.upsample = "nearest"                 # conv generators: nearest | transpose | pixel_shuffle
+  c.model.strided_conv = "auto"                # dcgan trunks' stride-2 convs: patches (patches × kernel: fast second derivatives on CPU) | xla (XLA's convolution, the same function) | auto (patches for r1, score_matching, diffusion)
   c.model.energy_hidden = (100, 100)           # energy MLP hidden widths
   c.model.energy_base_std = 5.0                # std of the Gaussian base term ‖x‖²/(2s²) that keeps exp(−E) normalisable
   c.model.generator_hidden = (100, 100)        # generator MLP hidden widths

@@ -131,6 +131,35 @@ class DCGANDecoder(nn.Module):
     return jnp.tanh(h).reshape(batch_shape + tuple(self.image_shape))
 
 
+class PatchConv(nn.Module):
+  """A stride-2 convolution with SAME padding written as its patches times the kernel: the same
+  parameters (`kernel [k, k, C_in, C_out]`, `bias`) and the same function as `nn.Conv(…,
+  strides=(2, 2))`, to float rounding. XLA's CPU convolutions differentiate a strided convolution
+  a second time very slowly (the input gradient of the input gradient: 45× the first derivative
+  for a 4×4 stride-2 conv at 32², bench/README.md), which R1 and score matching need; as strided
+  slices and one matrix product, every derivative stays a slice, a pad or a matrix product."""
+  features: int
+  kernel_size: int = 4
+
+  @nn.compact
+  def __call__(self, x):
+    k, (height, width, channels) = self.kernel_size, x.shape[-3:]
+    if height % 2 or width % 2:
+      raise ValueError(f"PatchConv needs an even height and width; got {x.shape[-3:]}")
+    # nn.Conv's initialisers and parameter dtype, so either way a run starts from the same numbers.
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, channels, self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    dtype = jnp.promote_types(x.dtype, kernel.dtype)  # as nn.Conv promotes
+    x, kernel, bias = x.astype(dtype), kernel.astype(dtype), bias.astype(dtype)
+    low = (k - 2) // 2  # SAME padding of a stride-2 window on an even side: k − 2 in all
+    padded = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((low, k - 2 - low),) * 2 + ((0, 0),))
+    patches = jnp.stack([padded[..., a:a + height:2, b:b + width:2, :] for a in range(k) for b in range(k)], axis=-2)
+    return jnp.einsum("...pc,pcf->...f", patches, kernel.reshape(k * k, channels, self.features)) + bias
+
+
+STRIDED_CONVS = ("patches", "xla")
+
+
 class DCGANTrunk(nn.Module):
   """`x [..., H, W, C] -> features [..., 4·4·width·2^stages]`, the DCGAN discriminator body.
 
@@ -142,6 +171,7 @@ class DCGANTrunk(nn.Module):
   width: int = 64
   act: str = "silu"
   kernel_size: int = 4
+  strided_conv: str = "patches"   # how the stride-2 convolutions are computed: patches (PatchConv) | xla
 
   @nn.compact
   def __call__(self, x, time_features=None):
@@ -154,7 +184,10 @@ class DCGANTrunk(nn.Module):
     h = act(_time_bias(nn.Conv(channels, (3, 3), name="stem")(x), time_features, "time_0"))
     for i in range(stages):
       channels *= 2
-      h = nn.Conv(channels, (self.kernel_size,) * 2, strides=(2, 2), name=f"down_{i}")(h)
+      if self.strided_conv == "patches":
+        h = PatchConv(channels, self.kernel_size, name=f"down_{i}")(h)
+      else:
+        h = nn.Conv(channels, (self.kernel_size,) * 2, strides=(2, 2), name=f"down_{i}")(h)
       h = act(_time_bias(h, time_features, f"time_{i + 1}"))
     return h.reshape(batch_shape + (-1,))
 
@@ -343,13 +376,14 @@ def build_image_networks(arch: str, image_shape: Sequence[int], *, width: int = 
                          base_std: float = IMAGE_BASE_STD, critic_hidden: Sequence[int] = (256,),
                          num_frequencies: int = 8, sigma_min: float = 0.01,
                          sigma_max: float = 0.5, sigma_init: float = 0.1,
-                         encoder_critic: bool = False) -> ImageNetworks:
+                         encoder_critic: bool = False, strided_conv: str = "patches") -> ImageNetworks:
   """Energy, generator, critic and time-conditioned energy of `arch` ("dcgan" | "resnet").
 
   Each player gets its own trunk or decoder (nothing is shared between players). The latent
   dimension is whatever z the generator is initialised with. `upsample` applies to "dcgan";
   the ResNet blocks upsample by nearest repetition only. `encoder_critic` puts the Gaussian encoder
-  of the Barber–Agakov bound in the critic's slot.
+  of the Barber–Agakov bound in the critic's slot. `strided_conv` picks how the "dcgan" trunk's
+  stride-2 convolutions are computed (`PatchConv`, or XLA's convolution): the same function.
   """
   if arch not in IMAGE_ARCHITECTURES:
     raise ValueError(f"unknown image architecture {arch!r}; choose one of {sorted(IMAGE_ARCHITECTURES)}")
@@ -360,7 +394,10 @@ def build_image_networks(arch: str, image_shape: Sequence[int], *, width: int = 
   image_shape = tuple(image_shape)
   num_stages(image_shape)  # fail here, not at the first call
   trunk_cls, decoder_cls = IMAGE_ARCHITECTURES[arch]
-  trunk = lambda: trunk_cls(image_shape=image_shape, width=width, act=act)
+  if strided_conv not in STRIDED_CONVS:
+    raise ValueError(f"unknown strided convolution {strided_conv!r}; choose one of {STRIDED_CONVS}")
+  trunk_kwargs = {"strided_conv": strided_conv} if arch == "dcgan" else {}
+  trunk = lambda: trunk_cls(image_shape=image_shape, width=width, act=act, **trunk_kwargs)
   decoder_kwargs = {"upsample": upsample} if arch == "dcgan" else {}
   decoder = decoder_cls(image_shape=image_shape, width=width, act=act, **decoder_kwargs)
   return ImageNetworks(

@@ -271,3 +271,33 @@ def test_default_dcgan_parameter_count(mode):
         f"energy {energy_count:,} parameters")
   assert generator_count == expected_generator
   assert energy_count == expected_energy
+
+
+@pytest.mark.parametrize("kernel_size, size", [(4, 8), (3, 8), (4, 6)])
+def test_patch_conv_is_the_strided_convolution(kernel_size, size, x64):
+  """PatchConv has nn.Conv's parameters and initialisation, and the same function and first and second
+  derivatives (what R1 differentiates: the parameters' gradient of ‖∇_x‖²) as the stride-2 SAME conv."""
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, size, size, 5))
+  ours = images.PatchConv(7, kernel_size)
+  xla = nn.Conv(7, (kernel_size, kernel_size), strides=(2, 2))
+  params = ours.init(jax.random.PRNGKey(1), x)
+  assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+      lambda a, b: a.shape == b.shape and bool(jnp.all(a == b)), params, xla.init(jax.random.PRNGKey(1), x)))
+  np.testing.assert_allclose(ours.apply(params, x), xla.apply(params, x), rtol=1e-10, atol=1e-12)
+
+  def r1(module):
+    def penalty(p):
+      grad = jax.grad(lambda x: jnp.sum(jnp.tanh(module.apply(p, x))))(x)
+      return jnp.sum(jnp.square(grad))
+    return jax.grad(penalty)(params)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12), r1(ours), r1(xla))
+
+
+def test_the_trunk_computes_the_same_function_either_way():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+  patches, xla = (images.DCGANTrunk(image_shape=(8, 8, 1), width=4, strided_conv=c) for c in ("patches", "xla"))
+  params = xla.init(jax.random.PRNGKey(1), x)
+  np.testing.assert_allclose(patches.apply(params, x), xla.apply(params, x), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="unknown strided convolution"):
+    images.build_image_networks("dcgan", (8, 8, 1), strided_conv="fft")
