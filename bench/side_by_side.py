@@ -81,7 +81,8 @@ def main():
     raise SystemExit("name the original's folder (the one with train/train_image_timed.py) with --original "
                      "or EBM_BB_ORIGINAL")
   if not os.path.exists(args.python):
-    raise SystemExit(f"no interpreter at {args.python}: set up the original's environment (its README) or pass --python")
+    raise SystemExit(f"no interpreter at {args.python}: set up the original's environment (its README) "
+                     "or pass --python")
   print("| workload | round | original (s/step) | bdbounds (s/step) | ratio |\n|---|---:|---:|---:|---:|")
   for name in args.workloads:
     script, config_file, overrides = WORKLOADS[name]

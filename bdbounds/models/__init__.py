@@ -7,6 +7,6 @@ from bdbounds.models.images import (IMAGE_ARCHITECTURES, STRIDED_CONVS, UPSAMPLI
 from bdbounds.models.toy import MLP, Critic, Energy, GaussianEncoder, Generator, TimeEnergy
 
 __all__ = ["MLP", "Critic", "Energy", "GaussianEncoder", "Generator", "TimeEnergy",
-           "IMAGE_ARCHITECTURES", "STRIDED_CONVS", "UPSAMPLING_MODES", "ConvCritic", "ConvEnergy", "ConvGaussianEncoder",
-           "ConvTimeEnergy", "DCGANDecoder", "DCGANTrunk", "ImageGenerator", "ImageNetworks", "PatchConv", "ResNetDecoder",
-           "ResNetTrunk", "build_image_networks", "num_stages"]
+           "IMAGE_ARCHITECTURES", "STRIDED_CONVS", "UPSAMPLING_MODES", "ConvCritic", "ConvEnergy",
+           "ConvGaussianEncoder", "ConvTimeEnergy", "DCGANDecoder", "DCGANTrunk", "ImageGenerator", "ImageNetworks",
+           "PatchConv", "ResNetDecoder", "ResNetTrunk", "build_image_networks", "num_stages"]
