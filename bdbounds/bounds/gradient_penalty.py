@@ -97,8 +97,7 @@ def generator_fisher_terms(energy_fn: Callable, generator_fn: Callable, z: jax.A
   and the latent integrand is `‖Jᵀ(s_x + ∇E)‖²`. Where G folds (a sign change of det J across
   latents) the change-of-variables density counts one preimage and is not q's.
   """
-  log_q, score_z, x = generator_log_density_and_score(generator_fn, z)
-  jac = jax.jacfwd(generator_fn)(z)
+  log_q, score_z, x, jac = generator_log_density_and_score(generator_fn, z, with_jacobian=True)
   grad_e = jax.grad(energy_fn)(x)
   score_x = jnp.linalg.solve(jac.T, score_z)
   return (jnp.sum(jnp.square(score_x + grad_e)), jnp.sum(jnp.square(score_z + jac.T @ grad_e)), log_q,

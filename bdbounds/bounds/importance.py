@@ -44,12 +44,12 @@ def generator_log_density(fn, z: jax.Array, *, with_output: bool = False):
   return (log_q, out) if with_output else log_q
 
 
-def generator_log_density_and_score(fn, z: jax.Array):
+def generator_log_density_and_score(fn, z: jax.Array, *, with_jacobian: bool = False):
   """`(log q(fn(z)), ∇_z log q(fn(z)), fn(z))` for ONE latent, from one forward-over-forward
   pass (`half_logdet_with_gradient`): the density for importance weights and the latent
-  score for the latent-Fisher penalty together."""
-  half_logdet, gradient, out = half_logdet_with_gradient(fn, z)
-  return _log_prior(z) - half_logdet, -z - gradient, out
+  score for the latent-Fisher penalty together; with `with_jacobian`, also the pass's Jacobian."""
+  half_logdet, gradient, out, *jac = half_logdet_with_gradient(fn, z, with_jacobian=with_jacobian)
+  return (_log_prior(z) - half_logdet, -z - gradient, out, *jac)
 
 
 def data_kernel_proposal(key: jax.Array, reference: jax.Array, n: int, scales=(0.01, 0.03, 0.1, 0.3, 1.0)):

@@ -133,8 +133,9 @@ def _half_logdet_and_pseudo_inverse(jac):
   return 0.5 * jnp.linalg.slogdet(gram)[1], jnp.linalg.solve(gram, jac.T)
 
 
-def half_logdet_with_gradient(fn: Callable, z: jax.Array):
-  """`(½ log det JᵀJ, its gradient in z, fn(z))` at one z, from one forward-over-forward pass.
+def half_logdet_with_gradient(fn: Callable, z: jax.Array, *, with_jacobian: bool = False):
+  """`(½ log det JᵀJ, its gradient in z, fn(z))` at one z, from one forward-over-forward pass;
+  with `with_jacobian`, also the `[D, d]` Jacobian of the flattened `fn` that pass formed.
 
   `∂_k ½ log det JᵀJ = tr((JᵀJ)⁻¹ Jᵀ ∂_k J)`, with `∂_k J` the second derivatives of `fn`:
   the same numbers as reverse mode through `half_logdet_exact`, for less work.
@@ -148,4 +149,4 @@ def half_logdet_with_gradient(fn: Callable, z: jax.Array):
   second, (jac, out) = jax.jacfwd(jac_with_aux, has_aux=True)(z)  # second[:, i, k] = ∂_k J[:, i]
   half_logdet, pseudo_inverse = _half_logdet_and_pseudo_inverse(jac)
   gradient = jnp.einsum("ij,jik->k", pseudo_inverse, second)
-  return half_logdet, gradient, out
+  return (half_logdet, gradient, out, jac) if with_jacobian else (half_logdet, gradient, out)

@@ -2,8 +2,9 @@
 measures one thing, with its jitted parts taking parameters as arguments; `eval.evaluators`
 names which run (default `auto`: every one that applies to the experiment).
 
-  bound_terms     energies, the entropy and NLL lower bounds, the upper-bound penalty (every run)
-  upper_bound     the entropy and KL upper bounds and the game's NLL upper bound with its status (every run)
+  bound_terms     energies, the entropy and NLL lower bounds (every run)
+  upper_bound     the upper-bound penalty, the entropy and KL upper bounds and the game's NLL upper bound
+                  with its status (every run)
   density         2-D data: log Z by quadrature, the exact test NLL, KL(p_data ‖ p_θ), the figure
   diffusion_nll   time-conditioned energies: the diffusion NLL bound (images: bits per dimension)
   sample_quality  images: FID, IS, precision/recall and PRD in the configured feature network

@@ -21,7 +21,7 @@ CERTIFIED_CENTRES = 250  # of each: test points and generator samples
 CERTIFIED_SCALES = (1e-4, 1e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 CERTIFIED_HISTOGRAM_RESOLUTION = 256
 CERTIFIED_ASSUMPTION = ("Monte-Carlo only: log Z ≤ ½ log E_q0[(e^−E/q0)²] (χ², Jensen), q0 the model's "
-                        "histogram mixed with a kernel density around the test data")
+                        "histogram mixed with a kernel density around test points and generator samples")
 
 
 def make_density(exp, shared):
